@@ -1,0 +1,333 @@
+//! The consistency checker: [`Slab::check`].
+//!
+//! It reads the file as untrusted input: every walk is bounded by a table
+//! size or a slot count, every link is range-checked before it is followed.
+//! Each class is checked under its lock (when the checker has an identity),
+//! so its free list cannot change mid-walk; slot states that change without
+//! the lock (alloc, free) cannot break the invariants checked.
+//!
+//! Invariants: every slot is fresh (past the cursor), free (on exactly one
+//! list, once), cached or allocated (by an existing owner row, or the
+//! segment); list counts match; extents lie inside `current_size` without
+//! overlap; roots point at live slots big enough for their type; peer rows
+//! hold known states.
+
+use crate::error::Result;
+use crate::format::{
+    self, Geometry, Meta, SlotId, SlotRef, SlotState, cls, hdr, journal, peer, root,
+};
+use crate::pool::{Owner, Pool};
+use crate::region::Memory;
+use crate::slab::Slab;
+use crate::sync::Ordering;
+use std::collections::HashSet;
+
+/// One thing found wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Where: `"header"`, `"class 3"`, `"root 7"`, `"peer 2"`, ...
+    pub location: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.location, self.problem)
+    }
+}
+
+/// Exact counts for one class, from a full scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassCheck {
+    /// Bytes per slot.
+    pub slot_size: u64,
+    /// Extents.
+    pub extents: u32,
+    /// Slots in them.
+    pub slots: u64,
+    /// Never used.
+    pub fresh: u64,
+    /// On the shared free list.
+    pub free: u64,
+    /// In some process's cache.
+    pub cached: u64,
+    /// Allocated.
+    pub allocated: u64,
+    /// Cached or allocated by processes that are dead (reclaimable).
+    pub owned_by_dead: u64,
+}
+
+/// What [`Slab::check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Problems; empty when the segment is consistent.
+    pub findings: Vec<Finding>,
+    /// Per-class counts (empty if the header itself failed).
+    pub classes: Vec<ClassCheck>,
+    /// Named roots.
+    pub roots: usize,
+    /// Live attached processes.
+    pub live_peers: usize,
+    /// Rows of dead processes not yet reclaimed.
+    pub dead_peers: usize,
+}
+
+impl Report {
+    /// Whether nothing was found wrong.
+    pub fn is_consistent(&self) -> bool {
+        self.findings.is_empty()
+    }
+
+    fn add(&mut self, location: impl Into<String>, problem: impl Into<String>) {
+        self.findings.push(Finding {
+            location: location.into(),
+            problem: problem.into(),
+        });
+    }
+}
+
+impl Slab {
+    /// Checks the whole segment and reports every inconsistency it finds, with
+    /// exact per-class counts. Takes each class's lock in turn, so it can run
+    /// while other processes work. Returns `Err` only for an I/O failure.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// let h = slab.alloc(1u64)?;
+    /// let report = slab.check()?;
+    /// assert!(report.is_consistent(), "{:?}", report.findings);
+    /// assert_eq!(report.classes[0].allocated, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn check(&self) -> Result<Report> {
+        check_pool(&self.pool, Some((self.row, self.me)))
+    }
+}
+
+/// Checks a segment. With `me`, each class is checked under its lock.
+pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) -> Result<Report> {
+    let mut report = Report::default();
+    let file_len = pool.mem.len();
+    // The header and every published extent, as attach checks them.
+    if let Err(e) = Geometry::load(&pool.mem, file_len) {
+        report.add("header", e.to_string());
+        return Ok(report);
+    }
+    let geo = &pool.geo;
+    let live_rows = check_peers(pool, me.map(|m| m.0), &mut report);
+    if format::load(&pool.mem, hdr::JOURNAL + journal::STATE)? != journal::IDLE {
+        report.add(
+            "growth journal",
+            "a growth is in progress, or its grower died (the next growth repairs it)",
+        );
+    }
+    for c in 0..geo.class_count() {
+        let guard = match me {
+            Some((_, owner)) => Some(pool.lock_class(c, owner)?),
+            None => None,
+        };
+        let counts = check_class(pool, c, &live_rows, &mut report);
+        drop(guard);
+        report.classes.push(counts);
+    }
+    check_roots(pool, &mut report);
+    Ok(report)
+}
+
+/// Peer rows: known states. Returns which owner ids (row + 1) are alive, and
+/// which rows exist at all.
+fn check_peers<M: Memory>(pool: &Pool<M>, own: Option<usize>, report: &mut Report) -> OwnerRows {
+    let geo = &pool.geo;
+    let mut rows = OwnerRows::default();
+    for row in 0..geo.config.peer_capacity {
+        let base = geo.peer_row(row);
+        let state = format::load(&pool.mem, base + peer::STATE).unwrap_or(u64::MAX);
+        match state {
+            peer::EMPTY => continue,
+            peer::LIVE | 2 => {}
+            other => {
+                report.add(format!("peer {row}"), format!("unknown state {other}"));
+                continue;
+            }
+        }
+        let alive = own == Some(row) || pool.liveness.row_alive(&pool.mem, geo, row);
+        rows.present.insert(row as u32 + 1);
+        if alive {
+            rows.alive.insert(row as u32 + 1);
+            report.live_peers += 1;
+        } else {
+            report.dead_peers += 1;
+        }
+    }
+    rows
+}
+
+#[derive(Default)]
+struct OwnerRows {
+    present: HashSet<u32>,
+    alive: HashSet<u32>,
+}
+
+fn check_class<M: Memory>(
+    pool: &Pool<M>,
+    c: usize,
+    rows: &OwnerRows,
+    report: &mut Report,
+) -> ClassCheck {
+    let here = format!("class {c}");
+    let mut out = ClassCheck {
+        slot_size: pool.class(c).size,
+        ..Default::default()
+    };
+    let known = match pool.refresh(c) {
+        Ok(k) => k,
+        Err(e) => {
+            report.add(&here, format!("extent table: {e}"));
+            return out;
+        }
+    };
+    out.extents = known;
+    let entry = pool.geo.class_entry(c);
+    let word = |off| format::load(&pool.mem, entry + off).unwrap_or(u64::MAX);
+
+    // Walk the free list, bounded by the slot count.
+    let total: u64 = (0..known).map(|e| pool.extent_slots(c, e) as u64).sum();
+    out.slots = total;
+    let mut on_list = HashSet::new();
+    let mut id = SlotId::from_raw(word(cls::FREE_HEAD) as u32);
+    while !id.is_nil() {
+        if on_list.len() as u64 > total {
+            report.add(&here, "the free list is longer than the class (a cycle)");
+            break;
+        }
+        let Ok(addr) = pool.locate(c, id) else {
+            report.add(
+                &here,
+                format!("the free list links to {id:?}, which is not a slot"),
+            );
+            break;
+        };
+        if !on_list.insert(id) {
+            report.add(&here, format!("the free list has a cycle through {id:?}"));
+            break;
+        }
+        let m = Meta(pool.meta(addr).load(Ordering::Acquire));
+        if m.state() != SlotState::Free {
+            report.add(
+                &here,
+                format!("slot {id:?} is on the free list but {:?}", m.state()),
+            );
+            break;
+        }
+        id = SlotId::from_raw(m.payload());
+    }
+    let counted = word(cls::FREE_COUNT);
+    if counted != on_list.len() as u64 {
+        report.add(
+            &here,
+            format!(
+                "free count says {counted}, the list holds {}",
+                on_list.len()
+            ),
+        );
+    }
+
+    // Every slot's word.
+    let cursor = word(cls::FRESH);
+    let (fe, fi) = ((cursor >> 32) as u32, cursor as u32);
+    if fe > known {
+        report.add(
+            &here,
+            format!("fresh cursor points at extent {fe} of {known}"),
+        );
+    }
+    let mut problems = 0usize;
+    pool.for_each_slot(c, |id, w| {
+        let m = Meta(w.load(Ordering::Acquire));
+        let past_cursor = (id.extent(), id.index()) >= (fe, fi);
+        let mut bad = |what: String| {
+            problems += 1;
+            if problems <= 20 {
+                report.add(&here, format!("slot {id:?}: {what}"));
+            }
+        };
+        if !m.is_valid() {
+            bad(format!("metadata word {:#x} is not a valid state", m.0));
+            return;
+        }
+        match m.state() {
+            SlotState::Fresh if past_cursor => out.fresh += 1,
+            SlotState::Fresh => bad("never claimed, but before the fresh cursor".into()),
+            SlotState::Free => {
+                out.free += 1;
+                if !on_list.contains(&id) {
+                    bad("free but not on the free list".into());
+                }
+            }
+            SlotState::Cached | SlotState::Allocated => {
+                if m.state() == SlotState::Cached {
+                    out.cached += 1;
+                } else {
+                    out.allocated += 1;
+                }
+                let owner = m.payload();
+                if owner != 0 && !rows.present.contains(&owner) {
+                    bad(format!("owned by peer row {} which is empty", owner - 1));
+                } else if owner != 0 && !rows.alive.contains(&owner) {
+                    out.owned_by_dead += 1;
+                }
+                if m.state() == SlotState::Cached && owner == 0 {
+                    bad("cached by nobody".into());
+                }
+            }
+        }
+    });
+    if problems > 20 {
+        report.add(
+            &here,
+            format!("... and {} more slot problems", problems - 20),
+        );
+    }
+    out
+}
+
+fn check_roots<M: Memory>(pool: &Pool<M>, report: &mut Report) {
+    let geo = &pool.geo;
+    for i in 0..geo.config.root_capacity {
+        let base = geo.root_entry(i);
+        let r = |off| format::load(&pool.mem, base + off).unwrap_or(u64::MAX);
+        let here = format!("root {i}");
+        match r(root::STATE) {
+            root::EMPTY => continue,
+            root::READY => {}
+            root::RESERVED => {
+                report.add(&here, "reserved: an insert is in progress or died");
+                continue;
+            }
+            other => {
+                report.add(&here, format!("unknown state {other}"));
+                continue;
+            }
+        }
+        report.roots += 1;
+        let len = r(root::NAME_LEN);
+        if len == 0 || len > format::MAX_ROOT_NAME as u64 {
+            report.add(&here, format!("name length {len}"));
+        }
+        let h = SlotRef::from_words([r(root::HANDLE), r(root::HANDLE + 8)]);
+        match pool.check_ref(&h) {
+            Err(e) => report.add(&here, format!("handle: {e}")),
+            Ok((c, _, addr)) => {
+                let m = Meta(pool.meta(addr).load(Ordering::Acquire));
+                if m.state() != SlotState::Allocated || m.generation() != h.generation() {
+                    report.add(&here, "points at a slot that is not its live allocation");
+                }
+                if pool.class(c).size < r(root::FP_SIZE) {
+                    report.add(&here, "its type is larger than the slot");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! The per-slot words: slot ids, the 8-byte metadata word, and handles.
+
+use bytemuck::{Pod, Zeroable};
+
+/// Extents per size class.
+pub const MAX_EXTENTS: usize = 64;
+/// Bits of a [`SlotId`] that hold the index within the extent.
+const INDEX_BITS: u32 = 24;
+/// Most slots one extent may hold.
+pub const MAX_SLOTS_PER_EXTENT: u32 = (1 << INDEX_BITS) - 1;
+
+/// A slot within its class: extent number and index within the extent, packed
+/// in 30 bits so it fits the payload of a metadata word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SlotId(u32);
+
+impl SlotId {
+    /// The end-of-list marker in free-list links and heads.
+    pub(crate) const NIL: SlotId = SlotId(PAYLOAD_MASK);
+
+    pub(crate) fn new(extent: u32, index: u32) -> Self {
+        debug_assert!(extent < MAX_EXTENTS as u32 && index < MAX_SLOTS_PER_EXTENT);
+        SlotId((extent << INDEX_BITS) | index)
+    }
+
+    pub(crate) fn from_raw(raw: u32) -> Self {
+        SlotId(raw & PAYLOAD_MASK)
+    }
+
+    pub(crate) fn raw(self) -> u32 {
+        self.0
+    }
+
+    pub(crate) fn extent(self) -> u32 {
+        self.0 >> INDEX_BITS
+    }
+
+    pub(crate) fn index(self) -> u32 {
+        self.0 & MAX_SLOTS_PER_EXTENT
+    }
+
+    pub(crate) fn is_nil(self) -> bool {
+        self == Self::NIL
+    }
+}
+
+const PAYLOAD_BITS: u32 = 30;
+const PAYLOAD_MASK: u32 = (1 << PAYLOAD_BITS) - 1;
+
+/// What a slot is doing, from bits 31..30 of its metadata word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SlotState {
+    /// Never used since its extent was added. The whole word is zero.
+    Fresh,
+    /// On its class's shared free list; the payload is the next slot.
+    Free,
+    /// In a process's private cache of free slots; the payload is the owner.
+    Cached,
+    /// Allocated; the payload is the owner (0: owned by the segment).
+    Allocated,
+}
+
+/// A slot's 8-byte metadata word: `generation:32 | state:2 | payload:30`.
+///
+/// The generation is bumped by every allocation (skipping 0) and by reclaim,
+/// so a handle names one life of a slot. Free compares-and-swaps the whole
+/// word, which is what makes double frees and stale handles detectable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta(pub(crate) u64);
+
+impl Meta {
+    pub(crate) const FRESH: Meta = Meta(0);
+
+    pub(crate) fn new(generation: u32, state: SlotState, payload: u32) -> Self {
+        let s = match state {
+            SlotState::Fresh => 0u64,
+            SlotState::Free => 1,
+            SlotState::Cached => 2,
+            SlotState::Allocated => 3,
+        };
+        Meta(((generation as u64) << 32) | (s << PAYLOAD_BITS) | (payload & PAYLOAD_MASK) as u64)
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    pub(crate) fn state(self) -> SlotState {
+        match (self.0 >> PAYLOAD_BITS) & 3 {
+            0 => SlotState::Fresh,
+            1 => SlotState::Free,
+            2 => SlotState::Cached,
+            _ => SlotState::Allocated,
+        }
+    }
+
+    pub(crate) fn payload(self) -> u32 {
+        (self.0 as u32) & PAYLOAD_MASK
+    }
+
+    /// A fresh slot's word is all zero; any other word in state `Fresh` is junk.
+    pub(crate) fn is_valid(self) -> bool {
+        self.state() != SlotState::Fresh || self.0 == 0
+    }
+
+    /// The generation of the slot's next life.
+    pub(crate) fn next_generation(self) -> u32 {
+        match self.generation().wrapping_add(1) {
+            0 => 1,
+            g => g,
+        }
+    }
+}
+
+/// An untyped handle to one life of one slot: 16 bytes, `Copy` and `Pod`, so
+/// it can travel through a pipe or be stored inside another slot.
+///
+/// Every use validates it: the segment id, class, extent and index must name
+/// a real slot of this segment, and the generation must be the slot's current
+/// one. A forged or stale handle is an [`Error`](crate::Error), never an
+/// out-of-bounds access.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SlotRef {
+    pub(crate) segment: u32,
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+    pub(crate) class: u8,
+    pub(crate) extent: u8,
+    pub(crate) reserved: u16,
+}
+
+impl SlotRef {
+    pub(crate) fn new(segment: u32, class: usize, id: SlotId, generation: u32) -> Self {
+        SlotRef {
+            segment,
+            index: id.index(),
+            generation,
+            class: class as u8,
+            extent: id.extent() as u8,
+            reserved: 0,
+        }
+    }
+
+    pub(crate) fn slot_id(&self) -> SlotId {
+        SlotId::new(
+            self.extent as u32 % MAX_EXTENTS as u32,
+            self.index & MAX_SLOTS_PER_EXTENT,
+        )
+    }
+
+    /// The size class the slot belongs to.
+    pub fn class(&self) -> usize {
+        self.class as usize
+    }
+
+    /// The generation (life) of the slot this handle names.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The id of the segment the handle was made in.
+    pub fn segment_id(&self) -> u32 {
+        self.segment
+    }
+
+    /// The handle as 16 bytes, for sending to another process.
+    pub fn to_bytes(self) -> [u8; 16] {
+        bytemuck::cast(self)
+    }
+
+    /// A handle from 16 received bytes. Any bytes make a `SlotRef`; using it
+    /// validates it.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        bytemuck::cast(bytes)
+    }
+
+    pub(crate) fn to_words(self) -> [u64; 2] {
+        bytemuck::cast(self)
+    }
+
+    pub(crate) fn from_words(words: [u64; 2]) -> Self {
+        bytemuck::cast(words)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_words_round_trip() {
+        for (g, s, p) in [
+            (1, SlotState::Allocated, 7),
+            (u32::MAX, SlotState::Free, SlotId::NIL.raw()),
+            (42, SlotState::Cached, 1023),
+        ] {
+            let m = Meta::new(g, s, p);
+            assert_eq!((m.generation(), m.state(), m.payload()), (g, s, p));
+            assert!(m.is_valid());
+        }
+        assert_eq!(Meta::FRESH.state(), SlotState::Fresh);
+        assert!(!Meta(5).is_valid());
+        assert_eq!(Meta::new(u32::MAX, SlotState::Free, 0).next_generation(), 1);
+    }
+
+    #[test]
+    fn slot_ids_pack_extent_and_index() {
+        let id = SlotId::new(63, MAX_SLOTS_PER_EXTENT - 1);
+        assert_eq!((id.extent(), id.index()), (63, MAX_SLOTS_PER_EXTENT - 1));
+        assert!(!id.is_nil());
+        assert!(SlotId::NIL.is_nil());
+        assert_eq!(std::mem::size_of::<SlotRef>(), 16);
+    }
+}

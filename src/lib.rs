@@ -1,0 +1,90 @@
+//! # shmslab
+//!
+//! A safe, typed shared-memory allocator. Processes on one machine map one
+//! file, allocate slots in it, place [`bytemuck::Pod`] values there, pass the
+//! small `Copy` handles to each other, and free them. When a size class runs
+//! dry the file grows by an *extent* while every other process stays
+//! attached.
+//!
+//! ```
+//! use shmslab::Slab;
+//! use bytemuck::{Pod, Zeroable};
+//!
+//! #[repr(C)]
+//! #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+//! struct Point { x: f64, y: f64 }
+//! impl shmslab::Schema for Point {}
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("points.shm");
+//! let slab = Slab::builder().create(&path)?;
+//!
+//! // Allocate a value; the handle is 16 bytes, Copy, and means the same
+//! // slot in every process attached to the file.
+//! let h = slab.alloc(Point { x: 1.0, y: 2.0 })?;
+//! slab.update(h, |p| p.x += 10.0)?;
+//! assert_eq!(slab.read(h)?, Point { x: 11.0, y: 2.0 });
+//!
+//! // Another process (here: another attachment) finds it by name.
+//! let origin = slab.root_or_insert("origin", Point { x: 0.0, y: 0.0 })?;
+//! let other = Slab::attach(&path)?;
+//! assert_eq!(other.root::<Point>("origin")?, Some(origin));
+//!
+//! slab.free(h)?;
+//! assert!(slab.read(h).is_err()); // stale: never a dangling read
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Layers
+//!
+//! | module | job |
+//! |---|---|
+//! | `sync` | atomics facade: std, or loom under `--cfg loom` |
+//! | [`region`](MmapRegion) | the mapped file ([`MmapRegion`]) and a heap stand-in ([`HeapRegion`]) |
+//! | `format` | the bytes of the file and their validation |
+//! | `pool` | size classes, extents, slot metadata, free lists, growth |
+//! | `peers` | attached processes, liveness, reclaiming dead ones' slots |
+//! | `typed` | [`Handle<T>`], [`SliceHandle<T>`], named roots |
+//! | `slab` | [`Slab`], the front door |
+//!
+//! The design and the byte format as built are in `docs/DESIGN.md` and
+//! `docs/FORMAT.md`.
+//!
+//! ## Platform
+//!
+//! Linux: liveness of peer processes rests on open-file-description locks
+//! (`F_OFD_SETLK`), which the kernel releases when a process dies.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+#![warn(missing_docs)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("shmslab supports Linux only (it relies on OFD locks and fallocate)");
+
+mod check;
+mod error;
+mod fault;
+mod format;
+mod peers;
+mod pool;
+mod region;
+mod slab;
+mod sync;
+mod sys;
+mod typed;
+
+pub use check::{Finding, Report};
+pub use error::{Error, Fingerprint, Result};
+pub use fault::CRASH_POINTS;
+pub use format::{
+    FORMAT_VERSION, MAX_CLASSES, MAX_EXTENTS, MAX_PEERS, MAX_ROOT_NAME, MAX_ROOTS, MAX_SLOT_SIZE,
+    SlotRef,
+};
+pub use peers::{PeerInfo, ReclaimReport};
+pub use region::{FileCleanup, HeapRegion, MmapRegion, Region, RegionOptions};
+pub use slab::{ClassStats, DEFAULT_CLASSES, Slab, SlabBuilder, Stats};
+pub use typed::{Handle, RootInfo, Schema, SliceHandle};
+
+/// Re-exported so `#[derive(Pod, Zeroable)]` works with the crate alone.
+pub use bytemuck;

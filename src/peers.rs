@@ -1,0 +1,292 @@
+//! Who is attached, and reclaiming what dead processes held.
+//!
+//! Each attached process (each `Slab`) takes a row of the peer table and an
+//! OFD lock on the row's byte in the file's lock space, taken on an open file
+//! description it opened itself. The kernel drops that lock when the process
+//! dies, however it dies, so "is row r alive?" is answered by the kernel, not
+//! by a timeout; pid plus start time is kept as a fallback and for display.
+//!
+//! Slots carry their owner (row + 1) in their metadata word. Reclaiming a
+//! dead row frees every slot it owned — allocated or sitting in its caches —
+//! under the class locks, each with the same compare-and-swap a late `free`
+//! would use, so the two can race and a slot is still freed once. Slots that
+//! a named root points at are handed to the segment instead of freed.
+
+use crate::error::{Error, Result};
+use crate::fault::crash_point;
+use crate::format::{self, Meta, SlotRef, SlotState, peer, root};
+use crate::pool::{Liveness, Owner, PEER_LOCK_BASE, Pool};
+use crate::region::Memory;
+use crate::sync::Ordering;
+use crate::sys;
+use std::collections::HashSet;
+
+/// A row being claimed (between EMPTY and LIVE).
+const CLAIMING: u64 = 2;
+
+/// One row of the peer table, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The row.
+    pub row: usize,
+    /// The process id it recorded.
+    pub pid: u32,
+    /// Whether the kernel says the process still holds its row.
+    pub alive: bool,
+    /// Whether this row is the calling `Slab`'s own.
+    pub is_self: bool,
+}
+
+/// What [`Slab::reclaim_dead`](crate::Slab::reclaim_dead) did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReclaimReport {
+    /// Rows of dead processes that were cleared.
+    pub peers: usize,
+    /// Slots freed.
+    pub slots: u64,
+    /// Slots handed to the segment because a named root points at them.
+    pub kept_for_roots: u64,
+}
+
+/// Claims a row for a new peer and returns it with the peer's identity: an
+/// empty row if there is one, else the row of a dead process, whose slots
+/// are reclaimed (acting as the row's new incarnation) before it is used.
+pub(crate) fn register<M: Memory>(pool: &Pool<M>) -> Result<(usize, Owner)> {
+    for take_dead in [false, true] {
+        for row in 0..pool.geo.config.peer_capacity {
+            if let Some(me) = try_take_row(pool, row, take_dead)? {
+                return Ok((row, me));
+            }
+        }
+    }
+    Err(Error::PeerTableFull {
+        capacity: pool.geo.config.peer_capacity,
+    })
+}
+
+fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Result<Option<Owner>> {
+    let base = pool.geo.peer_row(row);
+    let state = pool.table_word(base + peer::STATE)?;
+    let was = state.load(Ordering::Acquire);
+    if was != peer::EMPTY && !take_dead {
+        return Ok(None);
+    }
+    // Holding the row's lock means no live process has the row (the lock is
+    // per open file description, so this holds across and within processes).
+    if !lock_row(pool, row)? {
+        return Ok(None);
+    }
+    if (was != peer::EMPTY && !dead_row(pool, row))
+        || state
+            .compare_exchange(was, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+    {
+        unlock_row(pool, row);
+        return Ok(None);
+    }
+    let inc_w = pool.table_word(base + peer::INCARNATION)?;
+    let incarnation = (inc_w.load(Ordering::Relaxed) as u32)
+        .wrapping_add(1)
+        .max(1);
+    inc_w.store(incarnation as u64, Ordering::Relaxed);
+    let pid = sys::current_pid();
+    pool.table_word(base + peer::PID)?
+        .store(pid as u64, Ordering::Relaxed);
+    pool.table_word(base + peer::START_TIME)?
+        .store(sys::process_start_time(pid).unwrap_or(0), Ordering::Relaxed);
+    state.store(peer::LIVE, Ordering::Release);
+    let me = Owner::new(row, incarnation);
+    if was == peer::LIVE {
+        // The dead incarnation's slots carry the same owner id as ours will:
+        // free them before we own anything.
+        let rooted = rooted_slots(pool)?;
+        for c in 0..pool.class_count() {
+            release_owned(pool, c, me, me.id, &rooted, Disposal::Reclaim)?;
+        }
+    }
+    Ok(Some(me))
+}
+
+/// For simulated liveness (tests): whether a row's process counts as dead.
+/// File-backed rows are dead exactly when we could take their lock.
+fn dead_row<M: Memory>(pool: &Pool<M>, row: usize) -> bool {
+    match pool.liveness {
+        Liveness::File { .. } => true,
+        Liveness::Simulated { .. } => !pool.liveness.row_alive(&pool.mem, &pool.geo, row),
+    }
+}
+
+/// Takes the OFD lock on `row` (file-backed pools); `false` if a live
+/// process holds it.
+fn lock_row<M: Memory>(pool: &Pool<M>, row: usize) -> Result<bool> {
+    match &pool.liveness {
+        Liveness::File { file } => match sys::ofd_try_lock(file, PEER_LOCK_BASE + row as u64) {
+            Ok(sys::TryLock::Acquired) => Ok(true),
+            Ok(sys::TryLock::Busy) => Ok(false),
+            Err(e) => Err(Error::io("lock peer row", "", e)),
+        },
+        Liveness::Simulated { .. } => Ok(true),
+    }
+}
+
+fn unlock_row<M: Memory>(pool: &Pool<M>, row: usize) {
+    if let Liveness::File { file } = &pool.liveness {
+        let _ = sys::ofd_unlock(file, PEER_LOCK_BASE + row as u64);
+    }
+}
+
+/// Clean detach: slots this peer still has cached go back to the free
+/// lists; slots it allocated and did not free are handed to the segment
+/// (owner 0), since other processes may hold their handles. Then the row is
+/// cleared. `scan` is false when the peer never allocated anything.
+pub(crate) fn detach<M: Memory>(pool: &Pool<M>, row: usize, me: Owner, scan: bool) -> Result<()> {
+    let mut result = Ok(());
+    if scan {
+        for c in 0..pool.class_count() {
+            if let Err(e) = release_owned(pool, c, me, me.id, &HashSet::new(), Disposal::Detach) {
+                result = Err(e);
+            }
+        }
+    }
+    let base = pool.geo.peer_row(row);
+    pool.table_word(base + peer::STATE)?
+        .store(peer::EMPTY, Ordering::Release);
+    unlock_row(pool, row);
+    result.map(|_| ())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Disposal {
+    /// The owner died: free everything (roots' slots go to the segment).
+    Reclaim,
+    /// The owner is leaving cleanly: free cached slots, keep allocations.
+    Detach,
+}
+
+/// Frees (or hands over) the slots of class `c` owned by `dead_id`, under
+/// the class lock taken as `me`. Returns (freed, kept).
+fn release_owned<M: Memory>(
+    pool: &Pool<M>,
+    c: usize,
+    me: Owner,
+    dead_id: u32,
+    rooted: &HashSet<(usize, u32, u32)>,
+    how: Disposal,
+) -> Result<(u64, u64)> {
+    let _guard = pool.lock_class(c, me)?;
+    let mut ids = Vec::new();
+    pool.for_each_slot(c, |id, w| {
+        let m = Meta(w.load(Ordering::Acquire));
+        if matches!(m.state(), SlotState::Cached | SlotState::Allocated) && m.payload() == dead_id {
+            ids.push(id);
+        }
+    });
+    let (mut freed, mut kept) = (0u64, 0u64);
+    for id in ids {
+        let w = pool.meta(pool.locate(c, id)?);
+        let m = Meta(w.load(Ordering::Acquire));
+        let keep = m.state() == SlotState::Allocated
+            && (how == Disposal::Detach || rooted.contains(&(c, id.raw(), m.generation())));
+        if keep {
+            let to_segment = Meta::new(m.generation(), SlotState::Allocated, 0);
+            if w.compare_exchange(m.0, to_segment.0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                kept += 1;
+            }
+            continue;
+        }
+        // Same CAS a late free would race with: whoever wins, the slot is
+        // freed once. Reclaim bumps the generation so a late free of a dead
+        // owner's handle reports it stale.
+        let pushed = pool.push_with(c, id, |now| {
+            let owned = matches!(now.state(), SlotState::Cached | SlotState::Allocated)
+                && now.payload() == dead_id;
+            owned.then(|| match (how, now.state()) {
+                (Disposal::Reclaim, _) => now.next_generation(),
+                (Disposal::Detach, _) => now.generation(),
+            })
+        })?;
+        if pushed {
+            freed += 1;
+            crash_point("reclaim.slot_freed");
+        }
+    }
+    Ok((freed, kept))
+}
+
+/// The (class, slot id, generation) of every slot a ready root points at.
+fn rooted_slots<M: Memory>(pool: &Pool<M>) -> Result<HashSet<(usize, u32, u32)>> {
+    let mut set = HashSet::new();
+    for i in 0..pool.geo.config.root_capacity {
+        let base = pool.geo.root_entry(i);
+        if format::load(&pool.mem, base + root::STATE)? != root::READY {
+            continue;
+        }
+        let h = SlotRef::from_words([
+            format::load(&pool.mem, base + root::HANDLE)?,
+            format::load(&pool.mem, base + root::HANDLE + 8)?,
+        ]);
+        set.insert((h.class(), h.slot_id().raw(), h.generation()));
+    }
+    Ok(set)
+}
+
+/// Frees the slots of every dead peer and clears their rows, acting as `me`
+/// (the caller's own row is skipped).
+pub(crate) fn reclaim_dead<M: Memory>(pool: &Pool<M>, me: (usize, Owner)) -> Result<ReclaimReport> {
+    let _local = pool.reclaim_local.lock();
+    let mut report = ReclaimReport::default();
+    let geo = &pool.geo;
+    for row in 0..geo.config.peer_capacity {
+        if row == me.0 {
+            continue;
+        }
+        let base = geo.peer_row(row);
+        let state_w = pool.table_word(base + peer::STATE)?;
+        let state = state_w.load(Ordering::Acquire);
+        if state == peer::EMPTY {
+            continue;
+        }
+        // Holding the row's lock proves its process is gone and keeps a new
+        // process from taking the row while we empty it.
+        if !lock_row(pool, row)? {
+            continue;
+        }
+        if !dead_row(pool, row) {
+            continue;
+        }
+        if state == peer::LIVE {
+            let rooted = rooted_slots(pool)?;
+            for c in 0..pool.class_count() {
+                let (freed, kept) =
+                    release_owned(pool, c, me.1, row as u32 + 1, &rooted, Disposal::Reclaim)?;
+                report.slots += freed;
+                report.kept_for_roots += kept;
+            }
+        }
+        state_w.store(peer::EMPTY, Ordering::Release);
+        unlock_row(pool, row);
+        report.peers += 1;
+    }
+    Ok(report)
+}
+
+/// Every non-empty row of the peer table.
+pub(crate) fn list<M: Memory>(pool: &Pool<M>, own_row: Option<usize>) -> Result<Vec<PeerInfo>> {
+    let mut out = Vec::new();
+    for row in 0..pool.geo.config.peer_capacity {
+        let base = pool.geo.peer_row(row);
+        if format::load(&pool.mem, base + peer::STATE)? == peer::EMPTY {
+            continue;
+        }
+        let pid = format::load(&pool.mem, base + peer::PID)? as u32;
+        out.push(PeerInfo {
+            row,
+            pid,
+            alive: own_row == Some(row) || pool.liveness.row_alive(&pool.mem, &pool.geo, row),
+            is_self: own_row == Some(row),
+        });
+    }
+    Ok(out)
+}

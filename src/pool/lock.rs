@@ -1,0 +1,222 @@
+//! Locks that live in the shared file and survive the death of their holder.
+//!
+//! A lock is one word: 0 when free, else the holder's *token* (peer row and
+//! the row's incarnation). Taking it is one compare-and-swap, so the cold
+//! paths that use it (refilling a cache from a shared free list, growth, root
+//! insertion) cost tens of nanoseconds, not the microsecond a file-lock
+//! syscall costs. Threads of one process first take a process-local mutex, so
+//! the shared word only ever arbitrates between processes.
+//!
+//! If the holder dies, the word keeps its token. A waiter that has spun for a
+//! while asks [`Liveness`] whether the token's process is alive — the kernel
+//! answers, through the OFD lock each peer holds on its own row — and, if it
+//! is dead, takes the word over with a CAS and is told so (`recovered`), so it
+//! can repair whatever the dead holder left half done.
+
+use crate::error::{Error, Result};
+use crate::format::{self, Geometry, peer};
+use crate::region::Memory;
+use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, spin_hint};
+use crate::sys;
+use std::fs::File;
+use std::time::{Duration, Instant};
+
+/// Where a peer's liveness lock lives in the file's lock space (far past any
+/// real byte; OFD locks may cover bytes that do not exist).
+pub(crate) const PEER_LOCK_BASE: u64 = 1 << 60;
+
+/// A waiter gives up (as `Corrupt`) on a lock that a live process has held
+/// this long: no honest holder keeps a lock for more than milliseconds.
+const HOLD_LIMIT: Duration = Duration::from_secs(20);
+
+/// Who does an operation: the owner id stamped into slot metadata and the
+/// token written into lock words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Owner {
+    /// Peer row + 1 (0 means "owned by the segment").
+    pub id: u32,
+    /// `incarnation << 32 | id`.
+    pub token: u64,
+}
+
+impl Owner {
+    pub(crate) fn new(row: usize, incarnation: u32) -> Self {
+        let id = row as u32 + 1;
+        Owner {
+            id,
+            token: ((incarnation as u64) << 32) | id as u64,
+        }
+    }
+
+    /// The row a token names, if any.
+    pub(crate) fn row_of(token: u64) -> Option<usize> {
+        (token as u32).checked_sub(1).map(|r| r as usize)
+    }
+}
+
+/// Tells live peers from dead ones.
+#[derive(Debug)]
+pub(crate) enum Liveness {
+    /// A real file: a peer is alive while another open file description holds
+    /// the OFD lock on its row byte (pid and start time as the fallback where
+    /// OFD locks are unsupported).
+    ///
+    /// Our own row reads as dead here (our lock does not conflict with
+    /// itself); callers skip it.
+    File {
+        /// Our own open file description of the segment.
+        file: File,
+    },
+    /// A heap segment in tests and loom models: rows in `dead` (a bit mask)
+    /// are dead, all others alive.
+    Simulated { dead: AtomicU64 },
+}
+
+impl Liveness {
+    pub(crate) fn simulated() -> Self {
+        Liveness::Simulated {
+            dead: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the process behind `row` is alive (for a LIVE row).
+    pub(crate) fn row_alive(&self, mem: &impl Memory, geo: &Geometry, row: usize) -> bool {
+        match self {
+            Liveness::Simulated { dead } => {
+                row >= 64 || dead.load(Ordering::Acquire) & (1 << row) == 0
+            }
+            Liveness::File { file } => {
+                match sys::ofd_is_locked(file, PEER_LOCK_BASE + row as u64) {
+                    Ok(locked) => locked,
+                    Err(_) => {
+                        // No OFD locks here: fall back to pid + start time.
+                        let base = geo.peer_row(row);
+                        let pid = format::load(mem, base + peer::PID).unwrap_or(0);
+                        let start = format::load(mem, base + peer::START_TIME).unwrap_or(0);
+                        pid != 0 && sys::process_alive(pid as u32, start)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the holder named by a lock token is certainly gone: its row is
+    /// out of range, no longer LIVE, re-used (another incarnation), or the
+    /// kernel says its process died.
+    ///
+    /// Without `ask_kernel` only the shared words are consulted (no syscall).
+    pub(crate) fn token_dead(
+        &self,
+        mem: &impl Memory,
+        geo: &Geometry,
+        token: u64,
+        ask_kernel: bool,
+    ) -> bool {
+        let Some(row) = Owner::row_of(token) else {
+            return true;
+        };
+        if row >= geo.config.peer_capacity {
+            return true;
+        }
+        let base = geo.peer_row(row);
+        let state = format::load(mem, base + peer::STATE).unwrap_or(peer::EMPTY);
+        let inc = format::load(mem, base + peer::INCARNATION).unwrap_or(0);
+        if state != peer::LIVE || inc != token >> 32 {
+            return true;
+        }
+        ask_kernel && !self.row_alive(mem, geo, row)
+    }
+}
+
+/// A held shared lock. Dropping it releases the word, then the local mutex.
+pub(crate) struct SharedGuard<'a> {
+    word: &'a AtomicU64,
+    token: u64,
+    /// The previous holder died holding the lock: repair before use.
+    pub recovered: bool,
+    _local: MutexGuard<'a, ()>,
+}
+
+impl Drop for SharedGuard<'_> {
+    fn drop(&mut self) {
+        // If the word no longer holds our token, someone judged us dead (or
+        // scribbled on it); either way it is not ours to clear.
+        let _ = self
+            .word
+            .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
+    }
+}
+
+/// Takes the shared lock in `word` for `owner`, first taking `local`.
+pub(crate) fn acquire<'a, M: Memory>(
+    mem: &'a M,
+    geo: &Geometry,
+    liveness: &Liveness,
+    local: &'a Mutex<()>,
+    word: &'a AtomicU64,
+    owner: Owner,
+) -> Result<SharedGuard<'a>> {
+    let local = local.lock();
+    let mut spins: u32 = 0;
+    let mut started: Option<Instant> = None;
+    loop {
+        let cur = word.load(Ordering::Relaxed);
+        if cur == 0 {
+            if word
+                .compare_exchange(0, owner.token, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(SharedGuard {
+                    word,
+                    token: owner.token,
+                    recovered: false,
+                    _local: local,
+                });
+            }
+            continue;
+        }
+        spins = spins.wrapping_add(1);
+        // On first sight, check the shared words for a token that cannot be
+        // live (ours — we hold the local mutex — or a stale row); every 512
+        // rounds of waiting, ask the kernel too.
+        let dead = match spins {
+            1 => cur == owner.token || liveness.token_dead(mem, geo, cur, false),
+            s if s % 512 == 0 => liveness.token_dead(mem, geo, cur, true),
+            _ => false,
+        };
+        if dead {
+            if word
+                .compare_exchange(cur, owner.token, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(SharedGuard {
+                    word,
+                    token: owner.token,
+                    recovered: true,
+                    _local: local,
+                });
+            }
+            continue;
+        }
+        if spins < 64 {
+            spin_hint();
+        } else {
+            #[cfg(not(loom))]
+            {
+                let t = *started.get_or_insert_with(Instant::now);
+                if t.elapsed() > HOLD_LIMIT {
+                    return Err(Error::corrupt(format!(
+                        "a shared lock has been held by live peer token {cur:#x} for over {}s",
+                        HOLD_LIMIT.as_secs()
+                    )));
+                }
+                std::thread::yield_now();
+            }
+            #[cfg(loom)]
+            {
+                let _ = &mut started;
+                spin_hint();
+            }
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! The slot pool: size classes, extents, slot metadata, shared free lists and
+//! growth — the raw layer under [`Slab`](crate::Slab), in the way
+//! `lock_api`'s raw mutex sits under its typed one.
+//!
+//! # The protocol
+//!
+//! A slot's truth is its 8-byte [metadata word](crate::format): generation,
+//! state (fresh, free, cached, allocated) and owner or free-list link.
+//!
+//! - **Hot path, lock-free.** `Slab` keeps per-thread caches of slots in state
+//!   *cached* (owned by this process). Allocation pops one and stores
+//!   *allocated* with the next generation ([`Pool::activate`]); free is one
+//!   compare-and-swap from *allocated, generation g* to *cached, owner me*
+//!   ([`Pool::release`]), so of two racing frees exactly one wins, and a
+//!   handle of another generation is stale.
+//! - **Cold path, under the class's shared lock.** Refilling a cache pops the
+//!   class's free list or claims never-used (*fresh*) slots past the class's
+//!   fresh cursor ([`Pool::take`]); flushing pushes slots back
+//!   ([`Pool::give`]). Only holders of the lock move slots into or out of
+//!   *free*, so if a holder dies mid-way, the next one rebuilds the list from
+//!   the metadata words and no slot is lost. A lock-free Treiber pop cannot
+//!   give that guarantee: between unlinking a slot and recording its new
+//!   owner there is a window no single-word CAS closes.
+//! - **Growth** ([`grow`]) appends an extent under the growth lock through a
+//!   journal, publishing `current_size`, then the extent count, then the
+//!   generation, each with Release; readers that see the count (Acquire) see
+//!   the bytes. New slots are fresh: growth writes no per-slot metadata, so it
+//!   costs the same for 16 slots or 16 million.
+//!
+//! Extents are reached through a process-local table of *checked* extents
+//! (`ClassView`): an id past it makes the process reload the shared table,
+//! check the new extents against `current_size` and the file length
+//! (`Memory::observe`, which remaps when the reservation is too small), and
+//! only then use them. A peer that later scribbles on the shared table cannot
+//! move an extent this process already checked.
+
+mod grow;
+pub(crate) mod lock;
+mod shared;
+
+pub(crate) use lock::{Liveness, Owner, PEER_LOCK_BASE};
+
+use crate::error::{Error, Result};
+use crate::fault::crash_point;
+use crate::format::{
+    self, Geometry, MAX_EXTENTS, MAX_SLOT_ALIGN, Meta, SlotId, SlotRef, SlotState, cls, hdr,
+};
+use crate::region::Memory;
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, fence};
+
+/// Where one slot's metadata word and data live.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SlotAddr {
+    pub meta: u64,
+    pub data: u64,
+}
+
+/// A checked extent, written once by the refreshing thread before `known`
+/// is bumped past it, and never changed after.
+#[derive(Debug)]
+struct ExtentView {
+    meta: AtomicU64,
+    data: AtomicU64,
+    slots: AtomicU32,
+}
+
+/// What this process knows about one size class.
+#[derive(Debug)]
+pub(crate) struct ClassView {
+    /// Slot size (and stride) in bytes.
+    pub size: u64,
+    /// Alignment every slot of the class has.
+    pub align: u64,
+    entry: u64,
+    local: Mutex<()>,
+    known: AtomicU32,
+    extents: Box<[ExtentView]>,
+}
+
+/// Counts for one class, read without locks (a snapshot, not a proof).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ClassCounts {
+    pub extents: u32,
+    pub slots: u64,
+    pub free_listed: u64,
+    pub fresh: u64,
+}
+
+/// The raw slot pool over some shared memory.
+pub(crate) struct Pool<M: Memory> {
+    pub(crate) mem: M,
+    pub(crate) geo: Geometry,
+    pub(crate) liveness: Liveness,
+    classes: Box<[ClassView]>,
+    refresh_local: Mutex<()>,
+    grow_local: Mutex<()>,
+    pub(crate) roots_local: Mutex<()>,
+    pub(crate) reclaim_local: Mutex<()>,
+}
+
+impl<M: Memory> std::fmt::Debug for Pool<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("geo", &self.geo)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M: Memory> Pool<M> {
+    /// A pool over a segment whose header `geo` was created or checked.
+    pub(crate) fn new(mem: M, geo: Geometry, liveness: Liveness) -> Result<Self> {
+        let classes = geo
+            .config
+            .class_sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| ClassView {
+                size,
+                align: (1u64 << size.trailing_zeros()).min(MAX_SLOT_ALIGN),
+                entry: geo.class_entry(i),
+                local: Mutex::new(()),
+                known: AtomicU32::new(0),
+                extents: (0..MAX_EXTENTS)
+                    .map(|_| ExtentView {
+                        meta: AtomicU64::new(0),
+                        data: AtomicU64::new(0),
+                        slots: AtomicU32::new(0),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let pool = Pool {
+            mem,
+            geo,
+            liveness,
+            classes,
+            refresh_local: Mutex::new(()),
+            grow_local: Mutex::new(()),
+            roots_local: Mutex::new(()),
+            reclaim_local: Mutex::new(()),
+        };
+        for c in 0..pool.classes.len() {
+            pool.refresh(c)?;
+        }
+        Ok(pool)
+    }
+
+    pub(crate) fn class_count(&self) -> usize {
+        self.classes.len()
+    }
+
+    pub(crate) fn class(&self, c: usize) -> &ClassView {
+        &self.classes[c]
+    }
+
+    pub(crate) fn segment_id(&self) -> u32 {
+        self.geo.segment_id
+    }
+
+    /// The shared word at a table offset (header, class table, roots, peers),
+    /// all of which `Geometry` proved to lie inside the file.
+    pub(crate) fn table_word(&self, off: u64) -> Result<&AtomicU64> {
+        format::word(&self.mem, off)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.table_word(hdr::GENERATION)
+            .map(|w| w.load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn current_size(&self) -> u64 {
+        self.table_word(hdr::CURRENT_SIZE)
+            .map(|w| w.load(Ordering::Acquire))
+            .unwrap_or(0)
+    }
+
+    /// Loads extents of class `c` that were published since we last looked,
+    /// checking each before it becomes usable. Returns how many are usable.
+    pub(crate) fn refresh(&self, c: usize) -> Result<u32> {
+        let cv = &self.classes[c];
+        let count = format::load(&self.mem, cv.entry + cls::EXTENT_COUNT)?;
+        let known = cv.known.load(Ordering::Acquire);
+        if count <= known as u64 {
+            return Ok(known);
+        }
+        if count > MAX_EXTENTS as u64 {
+            return Err(Error::corrupt(format!("class {c} claims {count} extents")));
+        }
+        let _g = self.refresh_local.lock();
+        let known = cv.known.load(Ordering::Acquire);
+        let current = format::load(&self.mem, hdr::CURRENT_SIZE)?;
+        // The file must really hold `current` bytes before we map or touch
+        // them; a forged size fails here instead of faulting later.
+        self.mem.observe(current)?;
+        let mut before: u64 = (0..known as usize)
+            .map(|e| cv.extents[e].slots.load(Ordering::Relaxed) as u64)
+            .sum();
+        for e in known as usize..count as usize {
+            let info = self.geo.check_extent(&self.mem, c, e, before, current)?;
+            let view = &cv.extents[e];
+            view.meta.store(info.offset, Ordering::Relaxed);
+            view.data.store(info.data_offset, Ordering::Relaxed);
+            view.slots.store(info.slots, Ordering::Relaxed);
+            cv.known.store(e as u32 + 1, Ordering::Release);
+            before += info.slots as u64;
+        }
+        Ok(count as u32)
+    }
+
+    /// Slots in extent `e` of class `c` (0 if this process has not checked it).
+    pub(crate) fn extent_slots(&self, c: usize, e: u32) -> u32 {
+        let cv = &self.classes[c];
+        if e < cv.known.load(Ordering::Acquire) {
+            cv.extents[e as usize].slots.load(Ordering::Relaxed)
+        } else {
+            0
+        }
+    }
+
+    /// Where slot `id` of class `c` lives, if it exists.
+    #[inline]
+    pub(crate) fn locate(&self, c: usize, id: SlotId) -> Result<SlotAddr> {
+        let cv = self.classes.get(c).ok_or(Error::InvalidHandle {
+            why: "no such size class",
+        })?;
+        let e = id.extent() as usize;
+        if e >= cv.known.load(Ordering::Acquire) as usize && e >= self.refresh(c)? as usize {
+            return Err(Error::InvalidHandle {
+                why: "no such extent",
+            });
+        }
+        let view = &cv.extents[e];
+        let i = id.index() as u64;
+        if i >= view.slots.load(Ordering::Relaxed) as u64 {
+            return Err(Error::InvalidHandle {
+                why: "slot index past its extent",
+            });
+        }
+        Ok(SlotAddr {
+            meta: view.meta.load(Ordering::Relaxed) + 8 * i,
+            data: view.data.load(Ordering::Relaxed) + cv.size * i,
+        })
+    }
+
+    /// The metadata word of a located slot.
+    #[inline]
+    pub(crate) fn meta(&self, addr: SlotAddr) -> &AtomicU64 {
+        // SAFETY: `addr` came from `locate`, whose extent view was checked
+        // (`check_extent`) to lie inside `current_size`, which `observe` made
+        // addressable before the view was published; the meta array starts
+        // page aligned, so `addr.meta` is 8-aligned.
+        unsafe { self.mem.word(addr.meta) }
+    }
+
+    /// Checks that `h` names a real slot of this segment.
+    #[inline]
+    pub(crate) fn check_ref(&self, h: &SlotRef) -> Result<(usize, SlotId, SlotAddr)> {
+        if h.segment != self.geo.segment_id {
+            return Err(Error::ForeignHandle {
+                expected: self.geo.segment_id,
+                found: h.segment,
+            });
+        }
+        if h.generation == 0 || h.reserved != 0 {
+            return Err(Error::InvalidHandle {
+                why: "malformed handle",
+            });
+        }
+        if h.extent as usize >= MAX_EXTENTS || h.index >= format::MAX_SLOTS_PER_EXTENT {
+            return Err(Error::InvalidHandle {
+                why: "no such slot",
+            });
+        }
+        let c = h.class as usize;
+        let id = h.slot_id();
+        let addr = self.locate(c, id)?;
+        Ok((c, id, addr))
+    }
+
+    /// Turns a slot from this owner's cache into an allocation: the next
+    /// generation, state *allocated*. Returns its handle.
+    #[inline]
+    pub(crate) fn activate(&self, c: usize, id: SlotId, owner: Owner) -> Result<SlotRef> {
+        let addr = self.locate(c, id)?;
+        let w = self.meta(addr);
+        let m = Meta(w.load(Ordering::Relaxed));
+        if m.state() != SlotState::Cached || m.payload() != owner.id {
+            return Err(Error::corrupt(format!(
+                "class {c} slot {id:?} was taken from this process's cache by someone else"
+            )));
+        }
+        let g = m.next_generation();
+        // Only this process touches a slot in its cache, so a store suffices.
+        w.store(
+            Meta::new(g, SlotState::Allocated, owner.id).0,
+            Ordering::Relaxed,
+        );
+        // Orders the store above before the caller's data writes: a reader
+        // that sees new data then sees the new generation (seqlock rule).
+        fence(Ordering::Release);
+        crash_point("alloc.meta_stored");
+        Ok(SlotRef::new(self.geo.segment_id, c, id, g))
+    }
+
+    /// Frees the slot `h` names into `owner`'s cache: one CAS from
+    /// *allocated, generation g* to *cached by owner*. Returns the class and id.
+    #[inline]
+    pub(crate) fn release(&self, h: &SlotRef, owner: Owner) -> Result<(usize, SlotId)> {
+        let (c, id, addr) = self.check_ref(h)?;
+        let w = self.meta(addr);
+        let mut cur = w.load(Ordering::Acquire);
+        for _ in 0..1024 {
+            let m = Meta(cur);
+            check_live(m, h, true)?;
+            let cached = Meta::new(m.generation(), SlotState::Cached, owner.id);
+            match w.compare_exchange_weak(cur, cached.0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    crash_point("free.cas_done");
+                    return Ok((c, id));
+                }
+                Err(now) => cur = now,
+            }
+        }
+        Err(Error::corrupt(
+            "a slot's metadata word keeps changing under free",
+        ))
+    }
+
+    /// Changes the owner of the live slot `h` names (persist, adopt).
+    pub(crate) fn set_owner(&self, h: &SlotRef, owner_id: u32) -> Result<()> {
+        let (_, _, addr) = self.check_ref(h)?;
+        let w = self.meta(addr);
+        let mut cur = w.load(Ordering::Acquire);
+        for _ in 0..1024 {
+            let m = Meta(cur);
+            check_live(m, h, false)?;
+            let new = Meta::new(m.generation(), SlotState::Allocated, owner_id);
+            match w.compare_exchange_weak(cur, new.0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Ok(()),
+                Err(now) => cur = now,
+            }
+        }
+        Err(Error::corrupt("a slot's metadata word keeps changing"))
+    }
+
+    /// Checks that `len` bytes at `offset` fit the slot of class `c`.
+    #[inline]
+    fn check_span(&self, c: usize, offset: u64, len: usize) -> Result<()> {
+        let capacity = self.classes[c].size;
+        match offset.checked_add(len as u64) {
+            Some(end) if end <= capacity => Ok(()),
+            _ => Err(Error::OutOfBounds {
+                offset,
+                len: len as u64,
+                capacity,
+            }),
+        }
+    }
+
+    /// Copies bytes out of the live slot `h` names. The generation is checked
+    /// before and after the copy (the seqlock reader's rule), so a slot freed
+    /// and reused under the reader is reported stale, never returned.
+    #[inline]
+    pub(crate) fn read_at(&self, h: &SlotRef, offset: u64, dst: &mut [u8]) -> Result<()> {
+        let (c, _, addr) = self.check_ref(h)?;
+        self.check_span(c, offset, dst.len())?;
+        let w = self.meta(addr);
+        check_live(Meta(w.load(Ordering::Acquire)), h, false)?;
+        // SAFETY: the span lies inside the slot (check_span), and the slot
+        // inside a checked extent (see `meta`).
+        unsafe { self.mem.copy_out(addr.data + offset, dst) };
+        fence(Ordering::Acquire);
+        check_live(Meta(w.load(Ordering::Relaxed)), h, false)
+    }
+
+    /// Copies `src` into the live slot `h` names.
+    #[inline]
+    pub(crate) fn write_at(&self, h: &SlotRef, offset: u64, src: &[u8]) -> Result<()> {
+        let (c, _, addr) = self.check_ref(h)?;
+        self.check_span(c, offset, src.len())?;
+        check_live(Meta(self.meta(addr).load(Ordering::Acquire)), h, false)?;
+        // SAFETY: as in `read_at`.
+        unsafe { self.mem.copy_in(addr.data + offset, src) };
+        Ok(())
+    }
+
+    /// Writes `src` into a slot just activated by this thread (no checks
+    /// needed: nobody else can free it before the handle is returned).
+    #[inline]
+    pub(crate) fn fill_new(&self, h: &SlotRef, src: &[u8]) -> Result<()> {
+        let (c, _, addr) = self.check_ref(h)?;
+        self.check_span(c, 0, src.len())?;
+        // SAFETY: as in `read_at`.
+        unsafe { self.mem.copy_in(addr.data, src) };
+        Ok(())
+    }
+
+    /// Counts for class `c`, from the shared words (no lock).
+    pub(crate) fn counts(&self, c: usize) -> ClassCounts {
+        let known = self
+            .refresh(c)
+            .unwrap_or_else(|_| self.classes[c].known.load(Ordering::Acquire));
+        let cv = &self.classes[c];
+        let slots_of = |e: usize| cv.extents[e].slots.load(Ordering::Relaxed) as u64;
+        let slots = (0..known as usize).map(slots_of).sum();
+        let word = |off| format::load(&self.mem, cv.entry + off).unwrap_or(0);
+        let cursor = word(cls::FRESH);
+        let (fe, fi) = ((cursor >> 32) as usize, cursor as u32 as u64);
+        let fresh = (fe..known as usize)
+            .map(|e| slots_of(e).saturating_sub(if e == fe { fi } else { 0 }))
+            .sum();
+        ClassCounts {
+            extents: known,
+            slots,
+            free_listed: word(cls::FREE_COUNT),
+            fresh,
+        }
+    }
+
+    /// Calls `f` with every slot of class `c` and its metadata word.
+    pub(crate) fn for_each_slot(&self, c: usize, mut f: impl FnMut(SlotId, &AtomicU64)) {
+        let cv = &self.classes[c];
+        let known = cv.known.load(Ordering::Acquire) as usize;
+        for e in 0..known {
+            let slots = cv.extents[e].slots.load(Ordering::Relaxed);
+            for i in 0..slots {
+                let id = SlotId::new(e as u32, i);
+                if let Ok(addr) = self.locate(c, id) {
+                    f(id, self.meta(addr));
+                }
+            }
+        }
+    }
+}
+
+/// Checks that meta word `m` is the live allocation `h` names. A slot of the
+/// handle's generation that is no longer allocated is a double free when
+/// `freeing`, and stale otherwise.
+#[inline]
+fn check_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
+    if m.generation() != h.generation {
+        return Err(Error::StaleHandle {
+            handle: h.generation,
+            slot: m.generation(),
+        });
+    }
+    match m.state() {
+        SlotState::Allocated => Ok(()),
+        SlotState::Free | SlotState::Cached if freeing => Err(Error::DoubleFree),
+        SlotState::Free | SlotState::Cached => Err(Error::StaleHandle {
+            handle: h.generation,
+            slot: m.generation(),
+        }),
+        SlotState::Fresh => Err(Error::InvalidHandle {
+            why: "slot was never allocated",
+        }),
+    }
+}

@@ -1,0 +1,236 @@
+//! The shared free lists: moving slots between a class's list (or its fresh
+//! tail) and a process's cache, always under the class's shared lock.
+//!
+//! Invariant: a slot is in state *free* exactly when it is on its class's
+//! list, except inside a critical section of this module. A holder that dies
+//! inside one leaves at most a list that disagrees with the words; the next
+//! holder is told (`recovered`) and rebuilds the list from the words.
+
+use super::lock::{self, SharedGuard};
+use super::{Owner, Pool};
+use crate::error::{Error, Result};
+use crate::fault::crash_point;
+use crate::format::{Meta, SlotId, SlotState, cls};
+use crate::region::Memory;
+use crate::sync::Ordering;
+
+impl<M: Memory> Pool<M> {
+    /// Takes class `c`'s shared lock, rebuilding its list if the previous
+    /// holder died inside.
+    pub(crate) fn lock_class(&self, c: usize, owner: Owner) -> Result<SharedGuard<'_>> {
+        let cv = self.class(c);
+        let word = self.table_word(cv.entry + cls::LOCK)?;
+        let guard = lock::acquire(&self.mem, &self.geo, &self.liveness, &cv.local, word, owner)?;
+        if guard.recovered {
+            self.rebuild_list(c)?;
+        }
+        Ok(guard)
+    }
+
+    /// Whether class `c` looks like it has a free or fresh slot: a lock-free
+    /// peek at two words, so allocation can skip empty classes cheaply.
+    pub(crate) fn has_free(&self, c: usize) -> bool {
+        let entry = self.class(c).entry;
+        let word = |off| {
+            self.table_word(entry + off)
+                .map(|w| w.load(Ordering::Acquire))
+        };
+        if let Ok(head) = word(cls::FREE_HEAD) {
+            if !SlotId::from_raw(head as u32).is_nil() {
+                return true;
+            }
+        }
+        let Ok(cursor) = word(cls::FRESH) else {
+            return false;
+        };
+        let (e, i) = ((cursor >> 32) as u32, cursor as u32);
+        let known = self.class(c).known.load(Ordering::Acquire);
+        let shared = word(cls::EXTENT_COUNT).unwrap_or(0);
+        // Fresh slots remain in the cursor's extent or in a later one.
+        i < self.extent_slots(c, e) || (e as u64 + 1) < shared.max(known as u64)
+    }
+
+    /// Moves up to `want` slots of class `c` into `out`, each now *cached* by
+    /// `owner`: first from the free list, then from the fresh tail.
+    /// Returns the class's extent count as seen under the lock: the `seen`
+    /// to pass to [`grow`](Pool::grow) when nothing could be taken.
+    pub(crate) fn take(
+        &self,
+        c: usize,
+        owner: Owner,
+        want: usize,
+        out: &mut Vec<SlotId>,
+    ) -> Result<u32> {
+        let _g = self.lock_class(c, owner)?;
+        let entry = self.class(c).entry;
+        let head_w = self.table_word(entry + cls::FREE_HEAD)?;
+        let count_w = self.table_word(entry + cls::FREE_COUNT)?;
+        let target = out.len() + want;
+        while out.len() < target {
+            let id = SlotId::from_raw(head_w.load(Ordering::Acquire) as u32);
+            if id.is_nil() {
+                break;
+            }
+            let Some(m) = self.listed_slot(c, id) else {
+                // A cycle, a dangling link or a slot that is not free: the
+                // list is corrupt. Rebuild it from the words and say so.
+                self.rebuild_list(c)?;
+                return Err(Error::corrupt(format!(
+                    "class {c}: the free list named slot {id:?}, which is not a free slot (list rebuilt)"
+                )));
+            };
+            let addr = self.locate(c, id)?;
+            self.meta(addr).store(
+                Meta::new(m.generation(), SlotState::Cached, owner.id).0,
+                Ordering::Relaxed,
+            );
+            crash_point("refill.popped_meta");
+            head_w.store(m.payload() as u64, Ordering::Release);
+            let n = count_w.load(Ordering::Relaxed);
+            count_w.store(n.saturating_sub(1), Ordering::Relaxed);
+            out.push(id);
+        }
+        if out.len() < target {
+            return self.claim_fresh(c, owner, target - out.len(), out);
+        }
+        Ok(self.class(c).known.load(Ordering::Acquire))
+    }
+
+    /// The metadata of `id` if it is a free slot of class `c`.
+    fn listed_slot(&self, c: usize, id: SlotId) -> Option<Meta> {
+        let addr = self.locate(c, id).ok()?;
+        let m = Meta(self.meta(addr).load(Ordering::Acquire));
+        (m.state() == SlotState::Free).then_some(m)
+    }
+
+    /// Claims up to `want` never-used slots past class `c`'s fresh cursor.
+    /// Caller holds the class lock.
+    /// Returns the extent count it saw.
+    fn claim_fresh(
+        &self,
+        c: usize,
+        owner: Owner,
+        want: usize,
+        out: &mut Vec<SlotId>,
+    ) -> Result<u32> {
+        let known = self.refresh(c)?;
+        let cursor_w = self.table_word(self.class(c).entry + cls::FRESH)?;
+        let cursor = cursor_w.load(Ordering::Acquire);
+        let (mut e, mut i) = ((cursor >> 32) as u32, cursor as u32);
+        if e > known {
+            return Err(Error::corrupt(format!(
+                "class {c}: fresh cursor in extent {e}"
+            )));
+        }
+        let mut got = 0;
+        while got < want && e < known {
+            if i >= self.extent_slots(c, e) {
+                e += 1;
+                i = 0;
+                continue;
+            }
+            let id = SlotId::new(e, i);
+            let w = self.meta(self.locate(c, id)?);
+            // A fresh slot is all zero. Anything else past the cursor was
+            // claimed by a holder that died before moving the cursor, and
+            // belongs to whoever its word says.
+            if Meta(w.load(Ordering::Acquire)) == Meta::FRESH {
+                w.store(
+                    Meta::new(0, SlotState::Cached, owner.id).0,
+                    Ordering::Relaxed,
+                );
+                out.push(id);
+                got += 1;
+            }
+            i += 1;
+        }
+        crash_point("refill.fresh_claimed");
+        cursor_w.store(((e as u64) << 32) | i as u64, Ordering::Release);
+        Ok(known)
+    }
+
+    /// Pushes slots of class `c` cached by `owner` back onto the free list.
+    /// Slots whose words no longer say *cached by owner* are left alone.
+    pub(crate) fn give(&self, c: usize, owner: Owner, slots: &[SlotId]) -> Result<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let _g = self.lock_class(c, owner)?;
+        let mut lost = 0;
+        for &id in slots {
+            match self.push_if(c, id, |m| {
+                m.state() == SlotState::Cached && m.payload() == owner.id
+            })? {
+                true => crash_point("flush.pushed_meta"),
+                false => lost += 1,
+            }
+        }
+        if lost > 0 {
+            return Err(Error::corrupt(format!(
+                "class {c}: {lost} slots in this process's cache were changed by someone else"
+            )));
+        }
+        Ok(())
+    }
+
+    /// If slot `id`'s word satisfies `pred`, makes it *free* (same generation)
+    /// and pushes it. Caller holds the class lock.
+    fn push_if(&self, c: usize, id: SlotId, pred: impl Fn(Meta) -> bool) -> Result<bool> {
+        self.push_with(c, id, |m| pred(m).then(|| m.generation()))
+    }
+
+    /// Pushes slot `id` if `gen_for(word)` gives the generation its free life
+    /// should have. Caller holds the class lock.
+    pub(crate) fn push_with(
+        &self,
+        c: usize,
+        id: SlotId,
+        gen_for: impl Fn(Meta) -> Option<u32>,
+    ) -> Result<bool> {
+        let entry = self.class(c).entry;
+        let head_w = self.table_word(entry + cls::FREE_HEAD)?;
+        let count_w = self.table_word(entry + cls::FREE_COUNT)?;
+        let w = self.meta(self.locate(c, id)?);
+        let mut cur = w.load(Ordering::Acquire);
+        loop {
+            let m = Meta(cur);
+            let Some(generation) = gen_for(m) else {
+                return Ok(false);
+            };
+            let head = head_w.load(Ordering::Relaxed) as u32;
+            let free = Meta::new(generation, SlotState::Free, head);
+            match w.compare_exchange(cur, free.0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        head_w.store(id.raw() as u64, Ordering::Release);
+        count_w.store(count_w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    /// Rebuilds class `c`'s free list from the metadata words: every slot in
+    /// state *free*, and only those. Caller holds the class lock.
+    pub(crate) fn rebuild_list(&self, c: usize) -> Result<u64> {
+        self.refresh(c)?;
+        let mut head = SlotId::NIL;
+        let mut count = 0u64;
+        self.for_each_slot(c, |id, w| {
+            let m = Meta(w.load(Ordering::Acquire));
+            if m.state() == SlotState::Free {
+                w.store(
+                    Meta::new(m.generation(), SlotState::Free, head.raw()).0,
+                    Ordering::Relaxed,
+                );
+                head = id;
+                count += 1;
+            }
+        });
+        let entry = self.class(c).entry;
+        self.table_word(entry + cls::FREE_HEAD)?
+            .store(head.raw() as u64, Ordering::Release);
+        self.table_word(entry + cls::FREE_COUNT)?
+            .store(count, Ordering::Relaxed);
+        Ok(count)
+    }
+}

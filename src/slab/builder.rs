@@ -1,0 +1,241 @@
+//! [`SlabBuilder`]: what a new segment is made of, and opening one.
+
+use super::Slab;
+use crate::error::{Error, Result};
+use crate::format::{Config, Geometry, MAX_CLASSES};
+use crate::pool::{Liveness, Pool};
+use crate::region::{FileCleanup, MmapRegion, RegionOptions};
+use crate::sys;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+/// Address space reserved for a segment without a `max_size`: growth inside
+/// it needs no remap. Beyond it the mapping is remapped (doubling).
+pub(crate) const DEFAULT_RESERVE: u64 = 4 << 30;
+
+/// The default size classes: powers of two from 64 B to 1 MiB.
+pub const DEFAULT_CLASSES: [u64; 15] = [
+    64,
+    128,
+    256,
+    512,
+    1 << 10,
+    2 << 10,
+    4 << 10,
+    8 << 10,
+    16 << 10,
+    32 << 10,
+    64 << 10,
+    128 << 10,
+    256 << 10,
+    512 << 10,
+    1 << 20,
+];
+
+/// Builds a new segment. Start from [`Slab::builder`].
+///
+/// ```
+/// use shmslab::Slab;
+/// let dir = tempfile::tempdir()?;
+/// let slab = Slab::builder()
+///     .classes(&[64, 256, 4096])
+///     .initial_size(64 << 10)
+///     .max_size(64 << 20)
+///     .create(dir.path().join("seg.shm"))?;
+/// assert_eq!(slab.stats().classes.len(), 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SlabBuilder {
+    classes: Vec<u64>,
+    initial_size: u64,
+    max_size: u64,
+    reserve: Option<u64>,
+    roots: usize,
+    peers: usize,
+    mode: u32,
+    replace: bool,
+    cleanup: FileCleanup,
+}
+
+impl Default for SlabBuilder {
+    fn default() -> Self {
+        Self {
+            classes: DEFAULT_CLASSES.to_vec(),
+            initial_size: 1 << 20,
+            max_size: 0,
+            reserve: None,
+            roots: 64,
+            peers: 64,
+            mode: 0o600,
+            replace: false,
+            cleanup: FileCleanup::Manual,
+        }
+    }
+}
+
+impl SlabBuilder {
+    /// The slot sizes, strictly increasing multiples of 16 bytes (at most 32
+    /// classes, each at most 1 GiB). Default: [`DEFAULT_CLASSES`].
+    pub fn classes(mut self, sizes: &[u64]) -> Self {
+        self.classes = sizes.to_vec();
+        self
+    }
+
+    /// Bytes reserved on disk at create (at least the header). Growth uses
+    /// this space before it extends the file. Default 1 MiB.
+    pub fn initial_size(mut self, bytes: u64) -> Self {
+        self.initial_size = bytes;
+        self
+    }
+
+    /// The file never grows past this many bytes; an allocation that would
+    /// need it to fails with [`Error::OutOfSpace`]. Default: no cap.
+    pub fn max_size(mut self, bytes: u64) -> Self {
+        self.max_size = bytes;
+        self
+    }
+
+    /// Address space each process reserves for the mapping, so growth inside
+    /// it needs no remap. Default: `max_size` if set, else 4 GiB.
+    pub fn reserve(mut self, bytes: u64) -> Self {
+        self.reserve = Some(bytes);
+        self
+    }
+
+    /// Capacity of the named-root table. Default 64.
+    pub fn roots(mut self, n: usize) -> Self {
+        self.roots = n;
+        self
+    }
+
+    /// How many processes may be attached at once. Default 64.
+    pub fn peers(mut self, n: usize) -> Self {
+        self.peers = n;
+        self
+    }
+
+    /// File mode, applied exactly. Default `0o600`; `0o666` lets other users attach.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Replace an existing file at the path instead of failing.
+    pub fn replace(mut self, replace: bool) -> Self {
+        self.replace = replace;
+        self
+    }
+
+    /// What happens to the file when the creating `Slab` drops.
+    /// Default [`FileCleanup::Manual`]: the creator removes it on drop
+    /// unless [`Slab::keep_file`] is called.
+    pub fn cleanup(mut self, cleanup: FileCleanup) -> Self {
+        self.cleanup = cleanup;
+        self
+    }
+
+    /// Creates the segment file at `path` and attaches to it.
+    pub fn create(self, path: impl AsRef<Path>) -> Result<Slab> {
+        let path = path.as_ref();
+        let config = Config {
+            class_sizes: self.classes.clone(),
+            root_capacity: self.roots,
+            peer_capacity: self.peers,
+            page_size: sys::page_size(),
+            max_size: self.max_size,
+        };
+        if self.classes.len() > MAX_CLASSES {
+            return Err(Error::config(format!("at most {MAX_CLASSES} size classes")));
+        }
+        let geo = Geometry::new(config, new_segment_id())?;
+        let page = geo.config.page_size;
+        let size = self.initial_size.max(geo.data_start).div_ceil(page) * page;
+        if self.max_size != 0 && self.max_size < size {
+            return Err(Error::config(format!(
+                "max_size {} is smaller than the initial size {size} (the header alone needs {})",
+                self.max_size, geo.data_start
+            )));
+        }
+        let reserve = self.reserve.unwrap_or(if self.max_size != 0 {
+            self.max_size
+        } else {
+            DEFAULT_RESERVE
+        });
+        let region = RegionOptions::new()
+            .mode(self.mode)
+            .replace(self.replace)
+            .reserve(reserve)
+            .create(path, size as usize, self.cleanup)?;
+        geo.initialise(&region)?;
+        let liveness = own_description(&region, path)?;
+        Slab::open(Pool::new(region, geo, liveness)?)
+    }
+}
+
+/// A file description of our own for the liveness lock. A region opened by
+/// path already has one; a descriptor received from elsewhere shares the
+/// sender's, so it is reopened through `/proc/self/fd`.
+pub(crate) fn own_description(region: &MmapRegion, path: &Path) -> Result<Liveness> {
+    let file = region
+        .file()
+        .try_clone()
+        .map_err(|e| Error::io("dup", path, e))?;
+    Ok(Liveness::File { file })
+}
+
+impl Slab {
+    /// Attaches to an existing segment: maps it, checks its header and every
+    /// published extent, and registers this process in the peer table.
+    ///
+    /// ```
+    /// use shmslab::Slab;
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("seg.shm");
+    /// let creator = Slab::builder().create(&path)?;
+    /// let other = Slab::attach(&path)?;
+    /// assert_eq!(other.segment_id(), creator.segment_id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn attach(path: impl AsRef<Path>) -> Result<Slab> {
+        let path = path.as_ref();
+        let region = RegionOptions::new().reserve(DEFAULT_RESERVE).attach(path)?;
+        let geo = Geometry::load(&region, region.len() as u64)?;
+        let liveness = own_description(&region, path)?;
+        Slab::open(Pool::new(region, geo, liveness)?)
+    }
+
+    /// Attaches through a descriptor (for example one received over
+    /// `SCM_RIGHTS`, or inherited from a parent). The file is reopened
+    /// through `/proc/self/fd` so this process's liveness lock is its own.
+    pub fn attach_fd(fd: OwnedFd) -> Result<Slab> {
+        let len = sys::file_len(&fd).map_err(|e| Error::io("fstat", "", e))?;
+        if len == 0 {
+            return Err(Error::EmptyFile {
+                path: Default::default(),
+            });
+        }
+        let own = sys::reopen(&fd).map_err(|e| Error::io("reopen /proc/self/fd", "", e))?;
+        let region = RegionOptions::new()
+            .reserve(DEFAULT_RESERVE)
+            .attach_fd(fd, len as usize)?;
+        let geo = Geometry::load(&region, len)?;
+        Slab::open(Pool::new(region, geo, Liveness::File { file: own })?)
+    }
+}
+
+/// A random, non-zero segment id, so a handle from one segment is told apart
+/// from a handle of another.
+fn new_segment_id() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.write_u32(std::process::id());
+    let v = h.finish();
+    ((v >> 32) as u32 ^ v as u32).max(1)
+}

@@ -1,0 +1,333 @@
+//! [`Slab`]: the one front door.
+
+mod builder;
+mod stats;
+
+pub use builder::{DEFAULT_CLASSES, SlabBuilder};
+pub use stats::{ClassStats, Stats};
+
+use crate::error::{Error, Result};
+use crate::format::{SlotId, SlotRef};
+use crate::peers::{self, ReclaimReport};
+use crate::pool::{Owner, Pool};
+use crate::region::MmapRegion;
+use crate::sync::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::path::Path;
+use thread_local::ThreadLocal;
+
+/// Slots a thread may keep cached per class: about 256 KiB worth, 2 to 256.
+fn cache_limit(slot_size: u64) -> usize {
+    ((256 << 10) / slot_size).clamp(2, 256) as usize
+}
+
+/// One thread's private stacks of free slots, one per class.
+#[derive(Debug)]
+struct ThreadCache {
+    slots: Box<[Vec<SlotId>]>,
+}
+
+/// A process's attachment to a shared-memory segment: allocate slots, read
+/// and write them, free them, find named roots.
+///
+/// Many processes attach to one file; each may allocate and free, and a slot
+/// allocated in one may be freed in another. When a class runs dry the file
+/// grows by an extent while everyone stays attached. `Slab` is `Send + Sync`:
+/// share it between threads with `&Slab` or an `Arc`. Each thread keeps a
+/// small cache of free slots, so the hot path takes no lock.
+///
+/// Dropping a `Slab` detaches: its cached slots go back to the shared lists
+/// and its live allocations are handed to the segment (they stay valid for
+/// other processes). A process that dies without dropping leaves its slots
+/// to [`reclaim_dead`](Slab::reclaim_dead).
+///
+/// ```
+/// use shmslab::Slab;
+/// let dir = tempfile::tempdir()?;
+/// let slab = Slab::builder().create(dir.path().join("seg.shm"))?;
+///
+/// let slot = slab.alloc_bytes(100)?;           // lands in the 128-byte class
+/// slab.write_bytes(&slot, 0, b"hello")?;
+/// let mut buf = [0u8; 5];
+/// slab.read_bytes(&slot, 0, &mut buf)?;
+/// assert_eq!(&buf, b"hello");
+/// slab.free(slot)?;
+/// assert!(slab.free(slot).is_err());            // double free is an error
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Slab {
+    pub(crate) pool: Pool<MmapRegion>,
+    pub(crate) row: usize,
+    pub(crate) me: Owner,
+    caches: ThreadLocal<RefCell<ThreadCache>>,
+    limits: Box<[usize]>,
+    allocated: AtomicBool,
+}
+
+impl std::fmt::Debug for Slab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slab")
+            .field("path", &self.path())
+            .field("segment_id", &self.segment_id())
+            .field("row", &self.row)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Slab {
+    /// Starts building a new segment.
+    pub fn builder() -> SlabBuilder {
+        SlabBuilder::default()
+    }
+
+    fn open(pool: Pool<MmapRegion>) -> Result<Slab> {
+        let (row, me) = peers::register(&pool)?;
+        let limits = (0..pool.class_count())
+            .map(|c| cache_limit(pool.class(c).size))
+            .collect();
+        Ok(Slab {
+            pool,
+            row,
+            me,
+            caches: ThreadLocal::new(),
+            limits,
+            allocated: AtomicBool::new(false),
+        })
+    }
+
+    /// The segment file's path (empty when attached by descriptor).
+    pub fn path(&self) -> &Path {
+        self.pool.mem.path()
+    }
+
+    /// The segment's random id, carried by every handle made in it.
+    pub fn segment_id(&self) -> u32 {
+        self.pool.segment_id()
+    }
+
+    /// The slot sizes of the segment's classes.
+    pub fn class_sizes(&self) -> &[u64] {
+        &self.pool.geo.config.class_sizes
+    }
+
+    /// Keep the file when this `Slab` drops, even if it created it.
+    pub fn keep_file(&mut self) {
+        self.pool.mem.release_ownership();
+    }
+
+    /// Remove the file when this `Slab` drops.
+    pub fn remove_file_on_drop(&mut self) {
+        self.pool.mem.take_ownership();
+    }
+
+    /// The segment's growth counter: bumped every time an extent is added.
+    pub fn generation(&self) -> u64 {
+        self.pool.generation()
+    }
+
+    /// Picks up growth made by other processes now, instead of lazily when a
+    /// handle names a new extent. Returns the generation.
+    pub fn refresh(&self) -> Result<u64> {
+        for c in 0..self.pool.class_count() {
+            self.pool.refresh(c)?;
+        }
+        Ok(self.generation())
+    }
+
+    #[inline]
+    fn cache(&self) -> &RefCell<ThreadCache> {
+        self.caches.get_or(|| {
+            RefCell::new(ThreadCache {
+                slots: (0..self.pool.class_count()).map(|_| Vec::new()).collect(),
+            })
+        })
+    }
+
+    /// The smallest class whose slots hold `size` bytes aligned to `align`.
+    pub(crate) fn class_for(&self, size: u64, align: u64) -> Result<usize> {
+        let n = self.pool.class_count();
+        let largest = self.pool.class(n - 1).size;
+        if size > largest {
+            return Err(Error::TooLarge { size, largest });
+        }
+        (0..n)
+            .find(|&c| {
+                let cv = self.pool.class(c);
+                cv.size >= size && cv.align >= align
+            })
+            .ok_or(Error::Misaligned {
+                align,
+                max: (0..n).map(|c| self.pool.class(c).align).max().unwrap_or(0),
+            })
+    }
+
+    /// Allocates a slot of at least `len` bytes (contents unspecified: a
+    /// reused slot keeps its old bytes). The slot belongs to this process
+    /// until freed; if the process dies first, [`reclaim_dead`](Slab::reclaim_dead)
+    /// frees it.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// let slot = slab.alloc_bytes(1000)?;
+    /// assert_eq!(slab.capacity(&slot)?, 1024);
+    /// assert!(slab.alloc_bytes(2 << 20).is_err()); // larger than the largest class
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn alloc_bytes(&self, len: usize) -> Result<SlotRef> {
+        let c = self.class_for(len as u64, 1)?;
+        self.alloc_in(c, 1)
+    }
+
+    /// Allocates from class `first` or, when it is empty, the next larger
+    /// class with a free slot and alignment `align`.
+    #[inline]
+    pub(crate) fn alloc_in(&self, first: usize, align: u64) -> Result<SlotRef> {
+        let mut cache = self.cache().borrow_mut();
+        if let Some(id) = cache.slots[first].pop() {
+            return self.pool.activate(first, id, self.me);
+        }
+        self.alloc_slow(&mut cache, first, align)
+    }
+
+    #[cold]
+    fn alloc_slow(&self, cache: &mut ThreadCache, first: usize, align: u64) -> Result<SlotRef> {
+        self.allocated.store(true, Ordering::Relaxed);
+        let n = self.pool.class_count();
+        // Growth can be consumed by other processes before we get a slot of
+        // it; a few rounds settle that, more would mean something is wrong.
+        for _ in 0..16 {
+            let mut seen = 0;
+            for c in first..n {
+                if self.pool.class(c).align < align {
+                    continue;
+                }
+                if let Some(id) = cache.slots[c].pop() {
+                    return self.pool.activate(c, id, self.me);
+                }
+                if c == first || self.pool.has_free(c) {
+                    let batch = (self.limits[c] / 2).max(1);
+                    let count = self.pool.take(c, self.me, batch, &mut cache.slots[c])?;
+                    if c == first {
+                        seen = count;
+                    }
+                    if let Some(id) = cache.slots[c].pop() {
+                        return self.pool.activate(c, id, self.me);
+                    }
+                }
+            }
+            // Every fitting class is empty: grow the smallest one.
+            self.pool.grow(first, seen, self.me)?;
+        }
+        Err(Error::corrupt(
+            "allocation found no slot after 16 growths; the class table is not advancing",
+        ))
+    }
+
+    /// Frees the slot a handle names. Exactly one of two racing frees of one
+    /// handle succeeds; the other gets [`Error::DoubleFree`]. A handle from an
+    /// earlier life of the slot gets [`Error::StaleHandle`], one that names no
+    /// slot [`Error::InvalidHandle`].
+    #[inline]
+    pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
+        let h = handle.into();
+        let (c, id) = self.pool.release(&h, self.me)?;
+        let mut cache = self.cache().borrow_mut();
+        let stack = &mut cache.slots[c];
+        stack.push(id);
+        if stack.len() > self.limits[c] {
+            return self.flush(c, stack, self.limits[c] / 2);
+        }
+        Ok(())
+    }
+
+    /// Returns all but `keep` of a cache stack's oldest slots to the shared list.
+    fn flush(&self, c: usize, stack: &mut Vec<SlotId>, keep: usize) -> Result<()> {
+        let n = stack.len().saturating_sub(keep);
+        let result = self.pool.give(c, self.me, &stack[..n]);
+        stack.drain(..n);
+        result
+    }
+
+    /// Returns the calling thread's cached free slots to the shared lists,
+    /// so other processes can use them.
+    pub fn trim(&self) -> Result<()> {
+        let mut cache = self.cache().borrow_mut();
+        let mut result = Ok(());
+        for (c, stack) in cache.slots.iter_mut().enumerate() {
+            if let Err(e) = self.flush(c, stack, 0) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    /// The slot size of the slot a handle names.
+    pub fn capacity(&self, handle: &SlotRef) -> Result<usize> {
+        let (c, _, _) = self.pool.check_ref(handle)?;
+        Ok(self.pool.class(c).size as usize)
+    }
+
+    /// Copies `src` into the slot at `offset`.
+    pub fn write_bytes(&self, handle: &SlotRef, offset: usize, src: &[u8]) -> Result<()> {
+        self.pool.write_at(handle, offset as u64, src)
+    }
+
+    /// Copies bytes of the slot from `offset` into `dst`. If the slot is
+    /// freed or reused during the copy, the result is `StaleHandle`.
+    pub fn read_bytes(&self, handle: &SlotRef, offset: usize, dst: &mut [u8]) -> Result<()> {
+        self.pool.read_at(handle, offset as u64, dst)
+    }
+
+    /// Runs `f` on a private copy of the whole slot.
+    pub fn with_bytes<R>(&self, handle: &SlotRef, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
+        let mut copy = vec![0u8; self.capacity(handle)?];
+        self.read_bytes(handle, 0, &mut copy)?;
+        Ok(f(&copy))
+    }
+
+    /// Runs `f` on a private copy of the whole slot, then writes it back.
+    pub fn update_bytes(&self, handle: &SlotRef, f: impl FnOnce(&mut [u8])) -> Result<()> {
+        let mut copy = vec![0u8; self.capacity(handle)?];
+        self.read_bytes(handle, 0, &mut copy)?;
+        f(&mut copy);
+        self.write_bytes(handle, 0, &copy)
+    }
+
+    /// Hands the live slot to the segment: it is no longer freed if this
+    /// process dies (use it for data that must outlive its allocator).
+    pub fn persist(&self, handle: &SlotRef) -> Result<()> {
+        self.pool.set_owner(handle, 0)
+    }
+
+    /// Makes this process the owner of a live slot another process allocated
+    /// (for example a message it received), so the slot is freed if this
+    /// process dies rather than its allocator.
+    pub fn adopt(&self, handle: &SlotRef) -> Result<()> {
+        self.allocated.store(true, Ordering::Relaxed);
+        self.pool.set_owner(handle, self.me.id)
+    }
+
+    /// Frees the slots of every attached process that has died (killed,
+    /// crashed, or exited without dropping its `Slab`) and clears their
+    /// rows of the peer table. Slots a named root points at are kept.
+    ///
+    /// Safe to call at any time from any process: liveness comes from the
+    /// kernel, and a late `free` of a slot being reclaimed races through the
+    /// same compare-and-swap, so nothing is freed twice.
+    pub fn reclaim_dead(&self) -> Result<ReclaimReport> {
+        peers::reclaim_dead(&self.pool, (self.row, self.me))
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        let _ = peers::detach(
+            &self.pool,
+            self.row,
+            self.me,
+            self.allocated.load(Ordering::Relaxed),
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! Named roots: a fixed table in the header that maps a name to a handle and
+//! the fingerprint of the type stored there, so a process can find a struct
+//! another process made — and is told when it asks for it as another type.
+//!
+//! Every operation runs under the roots lock (a shared lock word), so two
+//! processes racing `root_or_insert` for one name end up with one object. An
+//! insert is written *reserved*, then the object is allocated, then the entry
+//! is published *ready*, then the object is handed to the segment (owner 0).
+//! A crash before *ready* leaves a reserved entry, which the next lock holder
+//! clears (the object, still owned by the dead process, is reclaimed); a crash
+//! after it leaves a ready root whose object reclaim keeps.
+
+use super::{Handle, Schema, fingerprint_of};
+use crate::error::{Error, Fingerprint, Result};
+use crate::fault::crash_point;
+use crate::format::{self, MAX_ROOT_NAME, SlotRef, hdr, root};
+use crate::pool::lock::{self, SharedGuard};
+use crate::slab::Slab;
+use crate::sync::Ordering;
+
+/// One named root, as listed by [`Slab::roots`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootInfo {
+    /// The root's name.
+    pub name: String,
+    /// The fingerprint of the type stored under it.
+    pub fingerprint: Fingerprint,
+    /// The handle it points at.
+    pub handle: SlotRef,
+}
+
+fn check_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_ROOT_NAME {
+        return Err(Error::BadRootName {
+            len: name.len(),
+            max: MAX_ROOT_NAME,
+        });
+    }
+    Ok(())
+}
+
+/// A root entry as read from the table.
+struct Entry {
+    state: u64,
+    name: Vec<u8>,
+    fingerprint: Fingerprint,
+    handle: SlotRef,
+}
+
+impl Slab {
+    fn lock_roots(&self) -> Result<SharedGuard<'_>> {
+        let pool = &self.pool;
+        let word = pool.table_word(hdr::ROOTS_LOCK)?;
+        let guard = lock::acquire(
+            &pool.mem,
+            &pool.geo,
+            &pool.liveness,
+            &pool.roots_local,
+            word,
+            self.me,
+        )?;
+        // Clearing reserved entries is always right under the lock: only an
+        // insert in progress (ours, not yet) or a dead one leaves them.
+        for i in 0..pool.geo.config.root_capacity {
+            let w = pool.table_word(pool.geo.root_entry(i) + root::STATE)?;
+            if w.load(Ordering::Acquire) == root::RESERVED {
+                w.store(root::EMPTY, Ordering::Release);
+            }
+        }
+        Ok(guard)
+    }
+
+    fn read_entry(&self, i: usize) -> Result<Entry> {
+        let base = self.pool.geo.root_entry(i);
+        let r = |off| format::load(&self.pool.mem, base + off);
+        let len = (r(root::NAME_LEN)? as usize).min(MAX_ROOT_NAME);
+        let mut name = Vec::with_capacity(MAX_ROOT_NAME);
+        for w in 0..MAX_ROOT_NAME as u64 / 8 {
+            name.extend_from_slice(&r(root::NAME + 8 * w)?.to_ne_bytes());
+        }
+        name.truncate(len);
+        Ok(Entry {
+            state: r(root::STATE)?,
+            name,
+            fingerprint: Fingerprint {
+                size: r(root::FP_SIZE)?,
+                align: r(root::FP_ALIGN)?,
+                schema: r(root::FP_SCHEMA)?,
+            },
+            handle: SlotRef::from_words([r(root::HANDLE)?, r(root::HANDLE + 8)?]),
+        })
+    }
+
+    /// The ready entry named `name`, if any. Caller holds the roots lock.
+    fn find_root(&self, name: &str) -> Result<Option<(usize, Entry)>> {
+        for i in 0..self.pool.geo.config.root_capacity {
+            let e = self.read_entry(i)?;
+            if e.state == root::READY && e.name == name.as_bytes() {
+                return Ok(Some((i, e)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn typed_root<T: Schema>(name: &str, e: &Entry) -> Result<Handle<T>> {
+        let want = fingerprint_of::<T>();
+        if e.fingerprint != want {
+            return Err(Error::TypeMismatch {
+                name: name.to_string(),
+                stored: e.fingerprint,
+                requested: want,
+            });
+        }
+        Ok(Handle::from_raw(e.handle))
+    }
+
+    /// The handle stored under `name`, if there is one. A root of another
+    /// type is [`Error::TypeMismatch`].
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// assert_eq!(slab.root::<u64>("counter")?, None);
+    /// let h = slab.root_or_insert("counter", 0u64)?;
+    /// assert_eq!(slab.root::<u64>("counter")?, Some(h));
+    /// assert!(matches!(slab.root::<u32>("counter"), Err(shmslab::Error::TypeMismatch { .. })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn root<T: Schema>(&self, name: &str) -> Result<Option<Handle<T>>> {
+        check_name(name)?;
+        let _guard = self.lock_roots()?;
+        match self.find_root(name)? {
+            Some((_, e)) => Self::typed_root(name, &e).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The handle under `name`; if there is none, allocates `init`, stores it
+    /// under `name` and returns it. Processes racing this for one name all
+    /// get the same object. The object belongs to the segment: it outlives
+    /// the process that made it until [`remove_root`](Slab::remove_root).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// let a = slab.root_or_insert("config", [1u32, 2])?;
+    /// let b = slab.root_or_insert("config", [9u32, 9])?; // already there
+    /// assert_eq!(a, b);
+    /// assert_eq!(slab.read(b)?, [1, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn root_or_insert<T: Schema>(&self, name: &str, init: T) -> Result<Handle<T>> {
+        check_name(name)?;
+        let _guard = self.lock_roots()?;
+        if let Some((_, e)) = self.find_root(name)? {
+            return Self::typed_root(name, &e);
+        }
+        let geo = &self.pool.geo;
+        let slot = (0..geo.config.root_capacity)
+            .find(|&i| matches!(self.read_entry(i), Ok(e) if e.state == root::EMPTY))
+            .ok_or(Error::RootTableFull {
+                capacity: geo.config.root_capacity,
+            })?;
+        let base = geo.root_entry(slot);
+        let w = |off: u64, v: u64| -> Result<()> {
+            self.pool
+                .table_word(base + off)?
+                .store(v, Ordering::Relaxed);
+            Ok(())
+        };
+        let mut padded = [0u8; MAX_ROOT_NAME];
+        padded[..name.len()].copy_from_slice(name.as_bytes());
+        for (k, chunk) in padded.chunks_exact(8).enumerate() {
+            w(
+                root::NAME + 8 * k as u64,
+                u64::from_ne_bytes(chunk.try_into().expect("8")),
+            )?;
+        }
+        let fp = fingerprint_of::<T>();
+        w(root::NAME_LEN, name.len() as u64)?;
+        w(root::FP_SIZE, fp.size)?;
+        w(root::FP_ALIGN, fp.align)?;
+        w(root::FP_SCHEMA, fp.schema)?;
+        self.pool
+            .table_word(base + root::STATE)?
+            .store(root::RESERVED, Ordering::Release);
+        crash_point("root.reserved");
+        let handle = match self.alloc(init) {
+            Ok(h) => h,
+            Err(e) => {
+                self.pool
+                    .table_word(base + root::STATE)?
+                    .store(root::EMPTY, Ordering::Release);
+                return Err(e);
+            }
+        };
+        let [lo, hi] = handle.raw().to_words();
+        w(root::HANDLE, lo)?;
+        w(root::HANDLE + 8, hi)?;
+        self.pool
+            .table_word(base + root::STATE)?
+            .store(root::READY, Ordering::Release);
+        crash_point("root.published");
+        self.persist(&handle.raw())?;
+        Ok(handle)
+    }
+
+    /// Removes the root `name` and frees its object. Returns whether there
+    /// was one.
+    pub fn remove_root(&self, name: &str) -> Result<bool> {
+        check_name(name)?;
+        let _guard = self.lock_roots()?;
+        let Some((i, e)) = self.find_root(name)? else {
+            return Ok(false);
+        };
+        // Free first: a crash between the two leaves a root whose handle is
+        // stale (reported as such), never a leaked object.
+        match self.free(e.handle) {
+            Ok(()) | Err(Error::StaleHandle { .. }) | Err(Error::DoubleFree) => {}
+            Err(Error::InvalidHandle { .. }) | Err(Error::ForeignHandle { .. }) => {}
+            Err(other) => return Err(other),
+        }
+        self.pool
+            .table_word(self.pool.geo.root_entry(i) + root::STATE)?
+            .store(root::EMPTY, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Every named root.
+    pub fn roots(&self) -> Result<Vec<RootInfo>> {
+        let _guard = self.lock_roots()?;
+        let mut out = Vec::new();
+        for i in 0..self.pool.geo.config.root_capacity {
+            let e = self.read_entry(i)?;
+            if e.state == root::READY {
+                out.push(RootInfo {
+                    name: String::from_utf8_lossy(&e.name).into_owned(),
+                    fingerprint: e.fingerprint,
+                    handle: e.handle,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
