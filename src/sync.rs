@@ -49,3 +49,10 @@ pub(crate) fn spin_hint() {
     #[cfg(not(loom))]
     std::hint::spin_loop();
 }
+
+/// A process-wide id, unique for the life of the process and never 0. Plain
+/// std atomics: it only names `Slab` instances and is never model-checked.
+pub(crate) fn next_instance_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}

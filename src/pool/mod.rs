@@ -74,7 +74,7 @@ pub(crate) struct ClassView {
     entry: u64,
     local: Mutex<()>,
     known: AtomicU32,
-    extents: Box<[ExtentView]>,
+    extents: [ExtentView; MAX_EXTENTS],
 }
 
 /// Counts for one class, read without locks (a snapshot, not a proof).
@@ -120,13 +120,11 @@ impl<M: Memory> Pool<M> {
                 entry: geo.class_entry(i),
                 local: Mutex::new(()),
                 known: AtomicU32::new(0),
-                extents: (0..MAX_EXTENTS)
-                    .map(|_| ExtentView {
-                        meta: AtomicU64::new(0),
-                        data: AtomicU64::new(0),
-                        slots: AtomicU32::new(0),
-                    })
-                    .collect(),
+                extents: std::array::from_fn(|_| ExtentView {
+                    meta: AtomicU64::new(0),
+                    data: AtomicU64::new(0),
+                    slots: AtomicU32::new(0),
+                }),
             })
             .collect();
         let pool = Pool {
@@ -219,28 +217,33 @@ impl<M: Memory> Pool<M> {
     }
 
     /// Where slot `id` of class `c` lives, if it exists.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn locate(&self, c: usize, id: SlotId) -> Result<SlotAddr> {
-        let cv = self.classes.get(c).ok_or(Error::InvalidHandle {
-            why: "no such size class",
-        })?;
+        let Some(cv) = self.classes.get(c) else {
+            return Err(invalid("no such size class"));
+        };
         let e = id.extent() as usize;
-        if e >= cv.known.load(Ordering::Acquire) as usize && e >= self.refresh(c)? as usize {
-            return Err(Error::InvalidHandle {
-                why: "no such extent",
-            });
+        if e >= cv.known.load(Ordering::Acquire) as usize {
+            self.locate_new_extent(c, e)?;
         }
-        let view = &cv.extents[e];
+        let view = &cv.extents[e % MAX_EXTENTS];
         let i = id.index() as u64;
         if i >= view.slots.load(Ordering::Relaxed) as u64 {
-            return Err(Error::InvalidHandle {
-                why: "slot index past its extent",
-            });
+            return Err(invalid("slot index past its extent"));
         }
         Ok(SlotAddr {
             meta: view.meta.load(Ordering::Relaxed) + 8 * i,
             data: view.data.load(Ordering::Relaxed) + cv.size * i,
         })
+    }
+
+    /// An id in an extent we have not checked yet: look for new extents.
+    #[cold]
+    fn locate_new_extent(&self, c: usize, e: usize) -> Result<()> {
+        if e >= self.refresh(c)? as usize {
+            return Err(invalid("no such extent"));
+        }
+        Ok(())
     }
 
     /// The metadata word of a located slot.
@@ -257,38 +260,35 @@ impl<M: Memory> Pool<M> {
     #[inline]
     pub(crate) fn check_ref(&self, h: &SlotRef) -> Result<(usize, SlotId, SlotAddr)> {
         if h.segment != self.geo.segment_id {
-            return Err(Error::ForeignHandle {
-                expected: self.geo.segment_id,
-                found: h.segment,
-            });
+            return Err(foreign(self.geo.segment_id, h.segment));
         }
-        if h.generation == 0 || h.reserved != 0 {
-            return Err(Error::InvalidHandle {
-                why: "malformed handle",
-            });
-        }
-        if h.extent as usize >= MAX_EXTENTS || h.index >= format::MAX_SLOTS_PER_EXTENT {
-            return Err(Error::InvalidHandle {
-                why: "no such slot",
-            });
+        if h.generation == 0
+            || h.reserved != 0
+            || h.extent as usize >= MAX_EXTENTS
+            || h.index >= format::MAX_SLOTS_PER_EXTENT
+        {
+            return Err(invalid("malformed handle"));
         }
         let c = h.class as usize;
-        let id = h.slot_id();
+        let id = SlotId::new(h.extent as u32, h.index);
         let addr = self.locate(c, id)?;
         Ok((c, id, addr))
     }
 
     /// Turns a slot from this owner's cache into an allocation: the next
-    /// generation, state *allocated*. Returns its handle.
-    #[inline]
-    pub(crate) fn activate(&self, c: usize, id: SlotId, owner: Owner) -> Result<SlotRef> {
+    /// generation, state *allocated*. Returns its handle and address.
+    #[inline(always)]
+    pub(crate) fn activate(
+        &self,
+        c: usize,
+        id: SlotId,
+        owner: Owner,
+    ) -> Result<(SlotRef, SlotAddr)> {
         let addr = self.locate(c, id)?;
         let w = self.meta(addr);
         let m = Meta(w.load(Ordering::Relaxed));
         if m.state() != SlotState::Cached || m.payload() != owner.id {
-            return Err(Error::corrupt(format!(
-                "class {c} slot {id:?} was taken from this process's cache by someone else"
-            )));
+            return Err(cache_stolen(c, id));
         }
         let g = m.next_generation();
         // Only this process touches a slot in its cache, so a store suffices.
@@ -300,7 +300,7 @@ impl<M: Memory> Pool<M> {
         // that sees new data then sees the new generation (seqlock rule).
         fence(Ordering::Release);
         crash_point("alloc.meta_stored");
-        Ok(SlotRef::new(self.geo.segment_id, c, id, g))
+        Ok((SlotRef::new(self.geo.segment_id, c, id, g), addr))
     }
 
     /// Frees the slot `h` names into `owner`'s cache: one CAS from
@@ -350,11 +350,7 @@ impl<M: Memory> Pool<M> {
         let capacity = self.classes[c].size;
         match offset.checked_add(len as u64) {
             Some(end) if end <= capacity => Ok(()),
-            _ => Err(Error::OutOfBounds {
-                offset,
-                len: len as u64,
-                capacity,
-            }),
+            _ => Err(out_of_bounds(offset, len, capacity)),
         }
     }
 
@@ -385,13 +381,13 @@ impl<M: Memory> Pool<M> {
         Ok(())
     }
 
-    /// Writes `src` into a slot just activated by this thread (no checks
-    /// needed: nobody else can free it before the handle is returned).
+    /// Writes `src` at the start of a slot just activated by this thread:
+    /// nobody else can free it before its handle is returned.
     #[inline]
-    pub(crate) fn fill_new(&self, h: &SlotRef, src: &[u8]) -> Result<()> {
-        let (c, _, addr) = self.check_ref(h)?;
+    pub(crate) fn fill_new(&self, c: usize, addr: SlotAddr, src: &[u8]) -> Result<()> {
         self.check_span(c, 0, src.len())?;
-        // SAFETY: as in `read_at`.
+        // SAFETY: `addr` came from `activate` (a checked extent, see `meta`)
+        // and the span fits the slot.
         unsafe { self.mem.copy_in(addr.data, src) };
         Ok(())
     }
@@ -434,11 +430,45 @@ impl<M: Memory> Pool<M> {
     }
 }
 
+#[cold]
+fn out_of_bounds(offset: u64, len: usize, capacity: u64) -> Error {
+    Error::OutOfBounds {
+        offset,
+        len: len as u64,
+        capacity,
+    }
+}
+
+#[cold]
+fn invalid(why: &'static str) -> Error {
+    Error::InvalidHandle { why }
+}
+
+#[cold]
+fn foreign(expected: u32, found: u32) -> Error {
+    Error::ForeignHandle { expected, found }
+}
+
+#[cold]
+fn cache_stolen(c: usize, id: SlotId) -> Error {
+    Error::corrupt(format!(
+        "class {c} slot {id:?} was taken from this process's cache by someone else"
+    ))
+}
+
 /// Checks that meta word `m` is the live allocation `h` names. A slot of the
 /// handle's generation that is no longer allocated is a double free when
 /// `freeing`, and stale otherwise.
 #[inline]
 fn check_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
+    if m.generation() == h.generation && m.state() == SlotState::Allocated {
+        return Ok(());
+    }
+    not_live(m, h, freeing)
+}
+
+#[cold]
+fn not_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
     if m.generation() != h.generation {
         return Err(Error::StaleHandle {
             handle: h.generation,
@@ -457,3 +487,47 @@ fn check_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
         }),
     }
 }
+
+#[cfg(any(test, loom))]
+pub(crate) mod testing {
+    //! A pool on a [`HeapRegion`](crate::HeapRegion) with simulated liveness,
+    //! for unit tests and loom models.
+    use super::{Liveness, Owner, Pool};
+    use crate::format::{Config, Geometry};
+    use crate::region::HeapRegion;
+
+    /// A fresh segment with `classes`, room to grow to `capacity` bytes, and
+    /// `peers` registered owners.
+    pub(crate) fn heap_pool(
+        classes: &[u64],
+        page: u64,
+        capacity: usize,
+        peers: usize,
+    ) -> (Pool<HeapRegion>, Vec<Owner>) {
+        let config = Config {
+            class_sizes: classes.to_vec(),
+            root_capacity: 2,
+            peer_capacity: peers.max(1),
+            page_size: page,
+            max_size: 0,
+        };
+        let geo = Geometry::new(config, 0x5eed).expect("config");
+        let mem = HeapRegion::with_capacity(geo.data_start as usize, capacity);
+        geo.initialise(&mem).expect("initialise");
+        let pool = Pool::new(mem, geo, Liveness::simulated()).expect("pool");
+        let owners = (0..peers)
+            .map(|_| crate::peers::register(&pool).expect("register").1)
+            .collect();
+        (pool, owners)
+    }
+
+    /// Marks peer `row` dead (simulated liveness).
+    pub(crate) fn kill(pool: &Pool<HeapRegion>, row: usize) {
+        if let Liveness::Simulated { dead } = &pool.liveness {
+            dead.fetch_or(1 << row, crate::sync::Ordering::AcqRel);
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

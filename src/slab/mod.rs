@@ -9,16 +9,21 @@ pub use stats::{ClassStats, Stats};
 use crate::error::{Error, Result};
 use crate::format::{SlotId, SlotRef};
 use crate::peers::{self, ReclaimReport};
-use crate::pool::{Owner, Pool};
+use crate::pool::{Owner, Pool, SlotAddr};
 use crate::region::MmapRegion;
 use crate::sync::{AtomicBool, Ordering};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::Path;
 use thread_local::ThreadLocal;
 
 /// Slots a thread may keep cached per class: about 256 KiB worth, 2 to 256.
 fn cache_limit(slot_size: u64) -> usize {
     ((256 << 10) / slot_size).clamp(2, 256) as usize
+}
+
+thread_local! {
+    /// The uid of the `Slab` this thread used last, and its cache there.
+    static LAST_CACHE: Cell<(u64, *const ())> = const { Cell::new((0, std::ptr::null())) };
 }
 
 /// One thread's private stacks of free slots, one per class.
@@ -59,10 +64,17 @@ pub struct Slab {
     pub(crate) pool: Pool<MmapRegion>,
     pub(crate) row: usize,
     pub(crate) me: Owner,
+    /// Unique among all `Slab`s this process ever makes (never 0).
+    uid: u64,
     caches: ThreadLocal<RefCell<ThreadCache>>,
     limits: Box<[usize]>,
+    /// Class for each size up to `SMALL_SIZES` in 16-byte steps.
+    small_classes: Box<[u8]>,
     allocated: AtomicBool,
 }
+
+/// Sizes up to this many bytes find their class through a table.
+const SMALL_SIZES: u64 = 4096;
 
 impl std::fmt::Debug for Slab {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -85,12 +97,18 @@ impl Slab {
         let limits = (0..pool.class_count())
             .map(|c| cache_limit(pool.class(c).size))
             .collect();
+        let sizes = &pool.geo.config.class_sizes;
+        let small_classes = (0..=SMALL_SIZES / 16)
+            .map_while(|k| sizes.iter().position(|&s| s >= k * 16).map(|c| c as u8))
+            .collect();
         Ok(Slab {
             pool,
             row,
             me,
+            uid: crate::sync::next_instance_id(),
             caches: ThreadLocal::new(),
             limits,
+            small_classes,
             allocated: AtomicBool::new(false),
         })
     }
@@ -134,17 +152,47 @@ impl Slab {
         Ok(self.generation())
     }
 
-    #[inline]
+    /// The calling thread's cache. The last one used is remembered in a
+    /// plain thread-local, so the hot path is a compare, not a table lookup.
+    #[inline(always)]
     fn cache(&self) -> &RefCell<ThreadCache> {
-        self.caches.get_or(|| {
+        let (uid, ptr) = LAST_CACHE.with(Cell::get);
+        if uid == self.uid {
+            // SAFETY: this thread stored (uid, ptr) in `cache_slow` from
+            // `self.caches.get_or` of the `Slab` with this uid. Uids are never
+            // reused, so that `Slab` is `self`, which is alive; a
+            // `ThreadLocal` never moves or frees an entry before it drops,
+            // and the entry is this thread's own.
+            return unsafe { &*(ptr as *const RefCell<ThreadCache>) };
+        }
+        self.cache_slow()
+    }
+
+    #[cold]
+    fn cache_slow(&self) -> &RefCell<ThreadCache> {
+        let cache = self.caches.get_or(|| {
             RefCell::new(ThreadCache {
                 slots: (0..self.pool.class_count()).map(|_| Vec::new()).collect(),
             })
-        })
+        });
+        LAST_CACHE.with(|c| c.set((self.uid, cache as *const RefCell<ThreadCache> as *const ())));
+        cache
     }
 
     /// The smallest class whose slots hold `size` bytes aligned to `align`.
+    #[inline(always)]
     pub(crate) fn class_for(&self, size: u64, align: u64) -> Result<usize> {
+        // Every slot is 16-aligned, so small sizes take a table lookup.
+        if align <= 16 {
+            if let Some(&c) = self.small_classes.get(size.div_ceil(16) as usize) {
+                return Ok(c as usize);
+            }
+        }
+        self.class_for_slow(size, align)
+    }
+
+    #[cold]
+    fn class_for_slow(&self, size: u64, align: u64) -> Result<usize> {
         let n = self.pool.class_count();
         let largest = self.pool.class(n - 1).size;
         if size > largest {
@@ -155,7 +203,7 @@ impl Slab {
                 let cv = self.pool.class(c);
                 cv.size >= size && cv.align >= align
             })
-            .ok_or(Error::Misaligned {
+            .ok_or_else(|| Error::Misaligned {
                 align,
                 max: (0..n).map(|c| self.pool.class(c).align).max().unwrap_or(0),
             })
@@ -174,16 +222,16 @@ impl Slab {
     /// assert!(slab.alloc_bytes(2 << 20).is_err()); // larger than the largest class
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn alloc_bytes(&self, len: usize) -> Result<SlotRef> {
         let c = self.class_for(len as u64, 1)?;
-        self.alloc_in(c, 1)
+        Ok(self.alloc_in(c, 1)?.0)
     }
 
     /// Allocates from class `first` or, when it is empty, the next larger
     /// class with a free slot and alignment `align`.
-    #[inline]
-    pub(crate) fn alloc_in(&self, first: usize, align: u64) -> Result<SlotRef> {
+    #[inline(always)]
+    pub(crate) fn alloc_in(&self, first: usize, align: u64) -> Result<(SlotRef, SlotAddr)> {
         let mut cache = self.cache().borrow_mut();
         if let Some(id) = cache.slots[first].pop() {
             return self.pool.activate(first, id, self.me);
@@ -192,7 +240,12 @@ impl Slab {
     }
 
     #[cold]
-    fn alloc_slow(&self, cache: &mut ThreadCache, first: usize, align: u64) -> Result<SlotRef> {
+    fn alloc_slow(
+        &self,
+        cache: &mut ThreadCache,
+        first: usize,
+        align: u64,
+    ) -> Result<(SlotRef, SlotAddr)> {
         self.allocated.store(true, Ordering::Relaxed);
         let n = self.pool.class_count();
         // Growth can be consumed by other processes before we get a slot of
@@ -264,18 +317,21 @@ impl Slab {
     }
 
     /// The slot size of the slot a handle names.
+    #[inline]
     pub fn capacity(&self, handle: &SlotRef) -> Result<usize> {
         let (c, _, _) = self.pool.check_ref(handle)?;
         Ok(self.pool.class(c).size as usize)
     }
 
     /// Copies `src` into the slot at `offset`.
+    #[inline]
     pub fn write_bytes(&self, handle: &SlotRef, offset: usize, src: &[u8]) -> Result<()> {
         self.pool.write_at(handle, offset as u64, src)
     }
 
     /// Copies bytes of the slot from `offset` into `dst`. If the slot is
     /// freed or reused during the copy, the result is `StaleHandle`.
+    #[inline]
     pub fn read_bytes(&self, handle: &SlotRef, offset: usize, dst: &mut [u8]) -> Result<()> {
         self.pool.read_at(handle, offset as u64, dst)
     }

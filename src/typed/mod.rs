@@ -237,10 +237,11 @@ impl Slab {
     /// assert_eq!(slab.read(h)?, [1, 2, 3]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn alloc<T: Pod>(&self, value: T) -> Result<Handle<T>> {
         let c = self.class_for(size_of::<T>() as u64, align_of::<T>() as u64)?;
-        let raw = self.alloc_in(c, align_of::<T>() as u64)?;
-        self.pool.fill_new(&raw, bytemuck::bytes_of(&value))?;
+        let (raw, addr) = self.alloc_in(c, align_of::<T>() as u64)?;
+        self.pool.fill_new(c, addr, bytemuck::bytes_of(&value))?;
         Ok(Handle::from_raw(raw))
     }
 
@@ -253,6 +254,7 @@ impl Slab {
     /// assert_eq!(slab.read(h)?, [0; 8]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn alloc_zeroed<T: Pod>(&self) -> Result<Handle<T>> {
         self.alloc(T::zeroed())
     }
@@ -269,6 +271,7 @@ impl Slab {
     /// assert!(matches!(slab.read(h), Err(shmslab::Error::StaleHandle { .. })));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn read<T: Pod>(&self, handle: Handle<T>) -> Result<T> {
         let mut value = T::zeroed();
         self.pool
@@ -287,6 +290,7 @@ impl Slab {
     /// assert_eq!(slab.read(h)?, 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn write<T: Pod>(&self, handle: Handle<T>, value: T) -> Result<()> {
         self.pool
             .write_at(&handle.raw, 0, bytemuck::bytes_of(&value))
@@ -305,6 +309,7 @@ impl Slab {
     /// assert_eq!(slab.read(h)?, [0, 5]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn update<T: Pod, R>(&self, handle: Handle<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
         let mut value = self.read(handle)?;
         let r = f(&mut value);
@@ -316,12 +321,12 @@ impl Slab {
     pub fn alloc_slice<T: Pod>(&self, len: usize) -> Result<SliceHandle<T>> {
         let bytes = (size_of::<T>() as u64)
             .checked_mul(len as u64)
-            .ok_or(Error::TooLarge {
+            .ok_or_else(|| Error::TooLarge {
                 size: u64::MAX,
                 largest: *self.class_sizes().last().unwrap_or(&0),
             })?;
         let c = self.class_for(bytes, align_of::<T>() as u64)?;
-        let raw = self.alloc_in(c, align_of::<T>() as u64)?;
+        let (raw, _) = self.alloc_in(c, align_of::<T>() as u64)?;
         let zeros = [0u8; 4096];
         let mut at = 0u64;
         while at < bytes {
@@ -348,6 +353,7 @@ impl Slab {
     }
 
     /// Copies element `index` out of the slice.
+    #[inline]
     pub fn get<T: Pod>(&self, slice: SliceHandle<T>, index: usize) -> Result<T> {
         let at = self.element_offset(&slice, index)?;
         let mut value = T::zeroed();
@@ -358,6 +364,7 @@ impl Slab {
     }
 
     /// Copies `value` into element `index` of the slice.
+    #[inline]
     pub fn set<T: Pod>(&self, slice: SliceHandle<T>, index: usize, value: T) -> Result<()> {
         let at = self.element_offset(&slice, index)?;
         self.pool

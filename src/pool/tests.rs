@@ -1,0 +1,372 @@
+//! Protocol tests of the raw pool on a heap segment (no files, no caches).
+
+use super::testing::{heap_pool, kill};
+use super::{Owner, Pool};
+use crate::error::Error;
+use crate::format::{Meta, SlotId, SlotRef, SlotState, cls, hdr, journal};
+use crate::region::{HeapRegion, Memory};
+use crate::sync::Ordering;
+
+const PAGE: u64 = 4096;
+
+fn pool(classes: &[u64], peers: usize) -> (Pool<HeapRegion>, Vec<Owner>) {
+    heap_pool(classes, PAGE, 64 << 20, peers)
+}
+
+/// Allocates one slot of class `c` the way `Slab` does: take, grow if empty.
+fn alloc(p: &Pool<HeapRegion>, c: usize, o: Owner) -> SlotRef {
+    let mut got = Vec::new();
+    let seen = p.take(c, o, 1, &mut got).unwrap();
+    if got.is_empty() {
+        p.grow(c, seen, o).unwrap();
+        p.take(c, o, 1, &mut got).unwrap();
+    }
+    p.activate(c, got[0], o).unwrap().0
+}
+
+/// Frees straight back to the shared list (no cache).
+fn free(p: &Pool<HeapRegion>, h: SlotRef, o: Owner) -> Result<(), Error> {
+    let (c, id) = p.release(&h, o)?;
+    p.give(c, o, &[id])
+}
+
+fn meta_of(p: &Pool<HeapRegion>, h: &SlotRef) -> Meta {
+    let (_, _, addr) = p.check_ref(h).unwrap();
+    Meta(p.meta(addr).load(Ordering::Acquire))
+}
+
+#[test]
+fn a_new_segment_has_no_extents_and_the_first_alloc_grows_one() {
+    let (p, o) = pool(&[64, 256], 1);
+    assert_eq!(p.counts(0).extents, 0);
+    assert_eq!(p.generation(), 0);
+    let h = alloc(&p, 0, o[0]);
+    assert_eq!(p.counts(0).extents, 1);
+    assert_eq!(p.counts(1).extents, 0);
+    assert_eq!(p.generation(), 1);
+    assert_eq!(h.class(), 0);
+    assert_eq!(h.generation(), 1);
+}
+
+#[test]
+fn allocations_get_distinct_slots_across_growths() {
+    let (p, o) = pool(&[64], 1);
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..2000 {
+        let h = alloc(&p, 0, o[0]);
+        assert!(seen.insert(h.slot_id()), "slot handed out twice");
+    }
+    assert!(p.counts(0).extents >= 3);
+}
+
+#[test]
+fn a_freed_slot_is_reused_last_in_first_out_with_a_new_generation() {
+    let (p, o) = pool(&[64], 1);
+    let a = alloc(&p, 0, o[0]);
+    let b = alloc(&p, 0, o[0]);
+    free(&p, a, o[0]).unwrap();
+    free(&p, b, o[0]).unwrap();
+    let again = alloc(&p, 0, o[0]);
+    assert_eq!(again.slot_id(), b.slot_id());
+    assert_eq!(again.generation(), b.generation() + 1);
+    let again2 = alloc(&p, 0, o[0]);
+    assert_eq!(again2.slot_id(), a.slot_id());
+}
+
+#[test]
+fn a_second_free_is_a_double_free_and_an_old_handle_is_stale() {
+    let (p, o) = pool(&[64], 1);
+    let h = alloc(&p, 0, o[0]);
+    free(&p, h, o[0]).unwrap();
+    assert!(matches!(free(&p, h, o[0]), Err(Error::DoubleFree)));
+    let reused = alloc(&p, 0, o[0]);
+    assert_eq!(reused.slot_id(), h.slot_id());
+    assert!(matches!(free(&p, h, o[0]), Err(Error::StaleHandle { .. })));
+    let mut buf = [0u8; 8];
+    assert!(matches!(
+        p.read_at(&h, 0, &mut buf),
+        Err(Error::StaleHandle { .. })
+    ));
+    free(&p, reused, o[0]).unwrap();
+}
+
+#[test]
+fn handles_that_name_no_slot_are_invalid() {
+    let (p, o) = pool(&[64, 128], 1);
+    let h = alloc(&p, 0, o[0]);
+    let mut bad = h;
+    bad.class = 9;
+    assert!(matches!(
+        p.check_ref(&bad),
+        Err(Error::InvalidHandle { .. })
+    ));
+    let mut bad = h;
+    bad.extent = 5;
+    assert!(matches!(
+        p.check_ref(&bad),
+        Err(Error::InvalidHandle { .. })
+    ));
+    let mut bad = h;
+    bad.index = 1 << 20;
+    assert!(matches!(
+        p.check_ref(&bad),
+        Err(Error::InvalidHandle { .. })
+    ));
+    let mut bad = h;
+    bad.generation = 0;
+    assert!(matches!(
+        p.check_ref(&bad),
+        Err(Error::InvalidHandle { .. })
+    ));
+    let mut bad = h;
+    bad.reserved = 1;
+    assert!(matches!(
+        p.check_ref(&bad),
+        Err(Error::InvalidHandle { .. })
+    ));
+    let mut bad = h;
+    bad.segment ^= 1;
+    assert!(matches!(
+        p.check_ref(&bad),
+        Err(Error::ForeignHandle { .. })
+    ));
+    // Class 1 has no extent yet: its slot 0 does not exist.
+    let mut bad = h;
+    bad.class = 1;
+    assert!(matches!(
+        p.check_ref(&bad),
+        Err(Error::InvalidHandle { .. })
+    ));
+}
+
+#[test]
+fn byte_access_is_bounded_by_the_slot() {
+    let (p, o) = pool(&[64], 1);
+    let h = alloc(&p, 0, o[0]);
+    p.write_at(&h, 56, &[7; 8]).unwrap();
+    assert!(matches!(
+        p.write_at(&h, 57, &[7; 8]),
+        Err(Error::OutOfBounds { .. })
+    ));
+    assert!(matches!(
+        p.read_at(&h, u64::MAX, &mut [0; 2]),
+        Err(Error::OutOfBounds { .. })
+    ));
+    let mut out = [0u8; 8];
+    p.read_at(&h, 56, &mut out).unwrap();
+    assert_eq!(out, [7; 8]);
+}
+
+#[test]
+fn extents_grow_by_half_the_class_each_time() {
+    let (p, o) = pool(&[1024], 1);
+    let first = p.geo.first_slots[0];
+    let mut sizes = Vec::new();
+    let mut held = Vec::new();
+    while p.counts(0).extents < 6 {
+        held.push(alloc(&p, 0, o[0]));
+    }
+    for e in 0..6 {
+        sizes.push(p.extent_slots(0, e));
+    }
+    let mut total = 0u32;
+    for (e, &s) in sizes.iter().enumerate() {
+        assert_eq!(s, (total / 2).max(first), "extent {e}");
+        total += s;
+    }
+}
+
+#[test]
+fn a_cap_on_the_file_size_ends_growth_with_out_of_space() {
+    let (p, o) = pool(&[4096], 1);
+    // Cap the file right after the first extent.
+    let mut got = Vec::new();
+    let seen = p.take(0, o[0], 1, &mut got).unwrap();
+    p.grow(0, seen, o[0]).unwrap();
+    // Rebuild the pool's view of max_size by hand: a capped config.
+    let (capped, co) = {
+        use crate::format::{Config, Geometry};
+        let config = Config {
+            class_sizes: vec![4096],
+            root_capacity: 2,
+            peer_capacity: 1,
+            page_size: PAGE,
+            max_size: 0,
+        };
+        let geo = Geometry::new(config, 1).unwrap();
+        let max = geo.data_start + 3 * PAGE * 4;
+        let mut geo2 = geo.clone();
+        geo2.config.max_size = max;
+        let mem = HeapRegion::with_capacity(geo.data_start as usize, 64 << 20);
+        geo2.initialise(&mem).unwrap();
+        let pool = Pool::new(mem, geo2, super::Liveness::simulated()).unwrap();
+        let me = crate::peers::register(&pool).unwrap().1;
+        (pool, me)
+    };
+    let mut n = 0;
+    let err = loop {
+        let mut got = Vec::new();
+        let seen = capped.take(0, co, 1, &mut got).unwrap();
+        if got.is_empty() {
+            if let Err(e) = capped.grow(0, seen, co) {
+                break e;
+            }
+        } else {
+            capped.activate(0, got[0], co).unwrap();
+            n += 1;
+        }
+        assert!(n < 10_000);
+    };
+    assert!(matches!(err, Error::OutOfSpace { .. }), "{err}");
+    assert!(capped.current_size() <= capped.geo.config.max_size);
+    assert!(n >= 1);
+    drop(got);
+}
+
+#[test]
+fn a_lock_holder_that_died_mid_flush_is_repaired_by_the_next_holder() {
+    let (p, o) = pool(&[64], 2);
+    let (a, b) = (o[0], o[1]);
+    let hs: Vec<_> = (0..4).map(|_| alloc(&p, 0, a)).collect();
+    // Peer A frees one slot into its "cache", then dies inside the class lock
+    // right after making the slot free but before linking it in.
+    let (c, id) = p.release(&hs[0], a).unwrap();
+    let w = p.meta(p.locate(c, id).unwrap());
+    let m = Meta(w.load(Ordering::Acquire));
+    w.store(
+        Meta::new(m.generation(), SlotState::Free, SlotId::NIL.raw()).0,
+        Ordering::Release,
+    );
+    let lock = p.table_word(p.geo.class_entry(0) + cls::LOCK).unwrap();
+    lock.store(a.token, Ordering::Release);
+    kill(&p, 0);
+    // B takes the lock: it must see A is dead, take over, and rebuild.
+    let mut got = Vec::new();
+    p.take(0, b, 64, &mut got).unwrap();
+    assert!(got.contains(&id), "the half-pushed slot was lost");
+    assert_eq!(lock.load(Ordering::Acquire), 0);
+}
+
+#[test]
+fn a_grower_that_died_after_storing_the_size_is_finished_by_the_next_grower() {
+    let (p, o) = pool(&[64, 128], 1);
+    let me = o[0];
+    let _ = alloc(&p, 0, me);
+    // Play a grower of class 1 that died right after storing current_size.
+    let offset = p.current_size();
+    let slots = p.geo.max_extent_slots(1, 0);
+    let (_, bytes) = p.geo.extent_layout(1, slots).unwrap();
+    let w = |off: u64, v: u64| p.table_word(off).unwrap().store(v, Ordering::Release);
+    let j = hdr::JOURNAL;
+    w(j + journal::CLASS, 1);
+    w(j + journal::EXTENT, 0);
+    w(j + journal::OFFSET, offset);
+    w(j + journal::BYTES, bytes);
+    w(j + journal::SLOTS, slots as u64);
+    w(j + journal::STATE, journal::ACTIVE);
+    p.mem.grow_to(offset + bytes).unwrap();
+    w(hdr::CURRENT_SIZE, offset + bytes);
+    let gen_before = p.generation();
+    // The next growth (of any class) repairs: class 1 gets its extent.
+    let mut got = Vec::new();
+    let seen = p.take(0, me, 10_000, &mut got).unwrap();
+    p.grow(0, seen, me).unwrap();
+    assert_eq!(p.counts(1).extents, 1);
+    assert_eq!(p.extent_slots(1, 0), slots);
+    assert!(p.generation() >= gen_before + 2);
+    let h = alloc(&p, 1, me);
+    assert_eq!(h.class(), 1);
+}
+
+#[test]
+fn a_grower_that_died_before_storing_the_size_leaves_space_that_is_reused() {
+    let (p, o) = pool(&[64], 1);
+    let me = o[0];
+    let offset = p.current_size();
+    let j = hdr::JOURNAL;
+    let w = |off: u64, v: u64| p.table_word(off).unwrap().store(v, Ordering::Release);
+    w(j + journal::CLASS, 0);
+    w(j + journal::EXTENT, 0);
+    w(j + journal::OFFSET, offset);
+    w(j + journal::BYTES, 8192);
+    w(j + journal::SLOTS, 3);
+    w(j + journal::STATE, journal::ACTIVE);
+    let h = alloc(&p, 0, me);
+    assert_eq!(p.extent_slots(0, 0), p.geo.first_slots[0]);
+    let (_, _, addr) = p.check_ref(&h).unwrap();
+    assert_eq!(addr.meta, offset, "the abandoned space was not reused");
+}
+
+#[test]
+fn reclaim_frees_exactly_the_dead_owners_slots() {
+    let (p, o) = pool(&[64, 256], 2);
+    let (a, b) = (o[0], o[1]);
+    let a_live: Vec<_> = (0..5).map(|_| alloc(&p, 0, a)).collect();
+    let a_big = alloc(&p, 1, a);
+    let b_live: Vec<_> = (0..3).map(|_| alloc(&p, 0, b)).collect();
+    // One of A's slots sits in A's cache (freed, not flushed).
+    p.release(&a_live[4], a).unwrap();
+    kill(&p, 0);
+    let report = crate::peers::reclaim_dead(&p, (1, b)).unwrap();
+    assert_eq!(report.peers, 1);
+    assert_eq!(
+        report.slots, 6,
+        "4 allocated + 1 cached in class 0, 1 in class 1"
+    );
+    for h in a_live.iter().take(4).chain([&a_big]) {
+        assert!(matches!(
+            p.read_at(h, 0, &mut [0]),
+            Err(Error::StaleHandle { .. })
+        ));
+        // A late free of a reclaimed slot cannot free it twice.
+        assert!(p.release(h, b).is_err());
+    }
+    for h in &b_live {
+        p.read_at(h, 0, &mut [0]).unwrap();
+    }
+    // A second reclaim finds nothing.
+    assert_eq!(crate::peers::reclaim_dead(&p, (1, b)).unwrap().slots, 0);
+}
+
+#[test]
+fn owners_are_recorded_and_move_with_free() {
+    let (p, o) = pool(&[64], 2);
+    let (a, b) = (o[0], o[1]);
+    let h = alloc(&p, 0, a);
+    assert_eq!(meta_of(&p, &h).payload(), a.id);
+    p.set_owner(&h, 0).unwrap();
+    assert_eq!(meta_of(&p, &h).payload(), 0);
+    // B frees A's slot: it lands in B's cache, owned by B.
+    p.release(&h, b).unwrap();
+    let m = meta_of_raw(&p, &h);
+    assert_eq!((m.state(), m.payload()), (SlotState::Cached, b.id));
+}
+
+fn meta_of_raw(p: &Pool<HeapRegion>, h: &SlotRef) -> Meta {
+    let addr = p.locate(h.class(), h.slot_id()).unwrap();
+    Meta(p.meta(addr).load(Ordering::Acquire))
+}
+
+#[test]
+fn a_corrupt_free_list_is_reported_and_rebuilt() {
+    let (p, o) = pool(&[64], 1);
+    let me = o[0];
+    let hs: Vec<_> = (0..3).map(|_| alloc(&p, 0, me)).collect();
+    for h in &hs {
+        free(&p, *h, me).unwrap();
+    }
+    // Point the head at an allocated slot.
+    let live = alloc(&p, 0, me);
+    let head = p.table_word(p.geo.class_entry(0) + cls::FREE_HEAD).unwrap();
+    head.store(live.slot_id().raw() as u64, Ordering::Release);
+    let mut got = Vec::new();
+    assert!(matches!(
+        p.take(0, me, 4, &mut got),
+        Err(Error::Corrupt { .. })
+    ));
+    // Rebuilt: the two free slots come back, the live one does not.
+    got.clear();
+    p.take(0, me, 4, &mut got).unwrap();
+    assert!(!got.contains(&live.slot_id()));
+    assert!(got.len() >= 2);
+}
