@@ -490,39 +490,79 @@ fn not_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
 
 #[cfg(any(test, loom))]
 pub(crate) mod testing {
-    //! A pool on a [`HeapRegion`](crate::HeapRegion) with simulated liveness,
-    //! for unit tests and loom models.
+    //! Pools on one shared [`HeapRegion`](crate::HeapRegion) with simulated
+    //! liveness, one pool per simulated process, for unit tests and loom.
     use super::{Liveness, Owner, Pool};
     use crate::format::{Config, Geometry};
     use crate::region::HeapRegion;
+    use std::sync::Arc;
+
+    pub(crate) type TestPool = Pool<Arc<HeapRegion>>;
 
     /// A fresh segment with `classes`, room to grow to `capacity` bytes, and
-    /// `peers` registered owners.
+    /// `processes` pools attached to it, each registered as a peer.
+    pub(crate) fn heap_processes(
+        classes: &[u64],
+        page: u64,
+        capacity: usize,
+        processes: usize,
+    ) -> Vec<(TestPool, Owner)> {
+        heap_processes_capped(classes, page, capacity, processes, 0)
+    }
+
+    /// As [`heap_processes`], with a `max_size` (0: none).
+    pub(crate) fn heap_processes_capped(
+        classes: &[u64],
+        page: u64,
+        capacity: usize,
+        processes: usize,
+        max_size: u64,
+    ) -> Vec<(TestPool, Owner)> {
+        let config = Config {
+            class_sizes: classes.to_vec(),
+            root_capacity: 2,
+            peer_capacity: processes.max(1) + 1,
+            page_size: page,
+            max_size,
+        };
+        let geo = Geometry::new(config, 0x5eed).expect("config");
+        let mem = Arc::new(HeapRegion::with_capacity(geo.data_start as usize, capacity));
+        geo.initialise(&mem).expect("initialise");
+        let liveness = Liveness::simulated();
+        (0..processes)
+            .map(|_| {
+                let live = match &liveness {
+                    Liveness::Simulated { dead } => Liveness::Simulated { dead: dead.clone() },
+                    Liveness::File { .. } => unreachable!(),
+                };
+                let geo = Geometry::load(&mem, mem.len() as u64).expect("load");
+                let pool = Pool::new(mem.clone(), geo, live).expect("pool");
+                let me = crate::peers::register(&pool).expect("register").1;
+                (pool, me)
+            })
+            .collect()
+    }
+
+    /// One pool (one process) with `peers` owners registered in it, as if
+    /// several processes shared one process-local state. Enough for tests
+    /// that do not exercise cross-process locking.
     pub(crate) fn heap_pool(
         classes: &[u64],
         page: u64,
         capacity: usize,
         peers: usize,
-    ) -> (Pool<HeapRegion>, Vec<Owner>) {
-        let config = Config {
-            class_sizes: classes.to_vec(),
-            root_capacity: 2,
-            peer_capacity: peers.max(1),
-            page_size: page,
-            max_size: 0,
-        };
-        let geo = Geometry::new(config, 0x5eed).expect("config");
-        let mem = HeapRegion::with_capacity(geo.data_start as usize, capacity);
-        geo.initialise(&mem).expect("initialise");
-        let pool = Pool::new(mem, geo, Liveness::simulated()).expect("pool");
-        let owners = (0..peers)
-            .map(|_| crate::peers::register(&pool).expect("register").1)
-            .collect();
+    ) -> (TestPool, Vec<Owner>) {
+        let mut procs = heap_processes(classes, page, capacity, 1);
+        let (pool, first) = procs.pop().expect("one");
+        let mut owners = vec![first];
+        for _ in 1..peers {
+            owners.push(crate::peers::register(&pool).expect("register").1);
+        }
         (pool, owners)
     }
 
-    /// Marks peer `row` dead (simulated liveness).
-    pub(crate) fn kill(pool: &Pool<HeapRegion>, row: usize) {
+    /// Marks peer `row` dead (simulated liveness, seen by every pool).
+    pub(crate) fn kill(pool: &TestPool, row: usize) {
         if let Liveness::Simulated { dead } = &pool.liveness {
             dead.fetch_or(1 << row, crate::sync::Ordering::AcqRel);
         }
@@ -531,3 +571,6 @@ pub(crate) mod testing {
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, loom))]
+mod loom_models;

@@ -1,20 +1,20 @@
 //! Protocol tests of the raw pool on a heap segment (no files, no caches).
 
-use super::testing::{heap_pool, kill};
-use super::{Owner, Pool};
+use super::Owner;
+use super::testing::{TestPool, heap_pool, heap_processes_capped, kill};
 use crate::error::Error;
 use crate::format::{Meta, SlotId, SlotRef, SlotState, cls, hdr, journal};
-use crate::region::{HeapRegion, Memory};
+use crate::region::Memory;
 use crate::sync::Ordering;
 
 const PAGE: u64 = 4096;
 
-fn pool(classes: &[u64], peers: usize) -> (Pool<HeapRegion>, Vec<Owner>) {
+fn pool(classes: &[u64], peers: usize) -> (TestPool, Vec<Owner>) {
     heap_pool(classes, PAGE, 64 << 20, peers)
 }
 
 /// Allocates one slot of class `c` the way `Slab` does: take, grow if empty.
-fn alloc(p: &Pool<HeapRegion>, c: usize, o: Owner) -> SlotRef {
+fn alloc(p: &TestPool, c: usize, o: Owner) -> SlotRef {
     let mut got = Vec::new();
     let seen = p.take(c, o, 1, &mut got).unwrap();
     if got.is_empty() {
@@ -25,12 +25,12 @@ fn alloc(p: &Pool<HeapRegion>, c: usize, o: Owner) -> SlotRef {
 }
 
 /// Frees straight back to the shared list (no cache).
-fn free(p: &Pool<HeapRegion>, h: SlotRef, o: Owner) -> Result<(), Error> {
+fn free(p: &TestPool, h: SlotRef, o: Owner) -> Result<(), Error> {
     let (c, id) = p.release(&h, o)?;
     p.give(c, o, &[id])
 }
 
-fn meta_of(p: &Pool<HeapRegion>, h: &SlotRef) -> Meta {
+fn meta_of(p: &TestPool, h: &SlotRef) -> Meta {
     let (_, _, addr) = p.check_ref(h).unwrap();
     Meta(p.meta(addr).load(Ordering::Acquire))
 }
@@ -178,49 +178,34 @@ fn extents_grow_by_half_the_class_each_time() {
 
 #[test]
 fn a_cap_on_the_file_size_ends_growth_with_out_of_space() {
-    let (p, o) = pool(&[4096], 1);
-    // Cap the file right after the first extent.
-    let mut got = Vec::new();
-    let seen = p.take(0, o[0], 1, &mut got).unwrap();
-    p.grow(0, seen, o[0]).unwrap();
-    // Rebuild the pool's view of max_size by hand: a capped config.
-    let (capped, co) = {
-        use crate::format::{Config, Geometry};
-        let config = Config {
-            class_sizes: vec![4096],
-            root_capacity: 2,
-            peer_capacity: 1,
-            page_size: PAGE,
-            max_size: 0,
-        };
-        let geo = Geometry::new(config, 1).unwrap();
-        let max = geo.data_start + 3 * PAGE * 4;
-        let mut geo2 = geo.clone();
-        geo2.config.max_size = max;
-        let mem = HeapRegion::with_capacity(geo.data_start as usize, 64 << 20);
-        geo2.initialise(&mem).unwrap();
-        let pool = Pool::new(mem, geo2, super::Liveness::simulated()).unwrap();
-        let me = crate::peers::register(&pool).unwrap().1;
-        (pool, me)
-    };
-    let mut n = 0;
+    let probe = heap_pool(&[4096], PAGE, 1 << 20, 1).0;
+    // Room for the header and about three pages of extents.
+    let max_size = probe.geo.data_start + 3 * PAGE * 4;
+    let (p, me) = heap_processes_capped(&[4096], PAGE, 64 << 20, 1, max_size)
+        .pop()
+        .unwrap();
+    let mut allocated = 0;
     let err = loop {
         let mut got = Vec::new();
-        let seen = capped.take(0, co, 1, &mut got).unwrap();
-        if got.is_empty() {
-            if let Err(e) = capped.grow(0, seen, co) {
-                break e;
+        let seen = p.take(0, me, 1, &mut got).unwrap();
+        match got.pop() {
+            Some(id) => {
+                p.activate(0, id, me).unwrap();
+                allocated += 1;
             }
-        } else {
-            capped.activate(0, got[0], co).unwrap();
-            n += 1;
+            None => {
+                if let Err(e) = p.grow(0, seen, me) {
+                    break e;
+                }
+            }
         }
-        assert!(n < 10_000);
+        assert!(allocated < 10_000, "growth never stopped");
     };
     assert!(matches!(err, Error::OutOfSpace { .. }), "{err}");
-    assert!(capped.current_size() <= capped.geo.config.max_size);
-    assert!(n >= 1);
-    drop(got);
+    assert!(p.current_size() <= max_size);
+    assert!(allocated >= 1);
+    let report = crate::check::check_pool(&p, None).unwrap();
+    assert!(report.is_consistent(), "{:?}", report.findings);
 }
 
 #[test]
@@ -342,7 +327,7 @@ fn owners_are_recorded_and_move_with_free() {
     assert_eq!((m.state(), m.payload()), (SlotState::Cached, b.id));
 }
 
-fn meta_of_raw(p: &Pool<HeapRegion>, h: &SlotRef) -> Meta {
+fn meta_of_raw(p: &TestPool, h: &SlotRef) -> Meta {
     let addr = p.locate(h.class(), h.slot_id()).unwrap();
     Meta(p.meta(addr).load(Ordering::Acquire))
 }

@@ -154,3 +154,30 @@ pub(crate) trait Memory: Send + Sync + 'static {
         Some(unsafe { self.word(offset) })
     }
 }
+
+/// Tests and loom models share one heap segment between several pools (one
+/// per simulated process).
+#[cfg(any(test, loom))]
+impl<M: Memory> Memory for std::sync::Arc<M> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    unsafe fn word(&self, offset: u64) -> &AtomicU64 {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { (**self).word(offset) }
+    }
+    unsafe fn copy_out(&self, offset: u64, dst: &mut [u8]) {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { (**self).copy_out(offset, dst) }
+    }
+    unsafe fn copy_in(&self, offset: u64, src: &[u8]) {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { (**self).copy_in(offset, src) }
+    }
+    fn grow_to(&self, new_len: u64) -> Result<()> {
+        (**self).grow_to(new_len)
+    }
+    fn observe(&self, min_len: u64) -> Result<()> {
+        (**self).observe(min_len)
+    }
+}

@@ -1,0 +1,239 @@
+//! Loom models of the pool's protocols: every interleaving of two threads
+//! (bounded preemptions) on a heap segment with loom's atomics.
+//!
+//! Run: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_models`
+
+use super::Owner;
+use super::testing::{TestPool, heap_processes, kill};
+use crate::error::Error;
+use crate::format::{Meta, SlotRef, SlotState};
+use crate::sync::Ordering;
+use loom::sync::Arc;
+use loom::thread;
+
+/// Class sizes of the models: 16-byte slots, 2 per first extent (loom builds
+/// use a 32-byte first extent), 64-byte pages.
+const CLASSES: &[u64] = &[16];
+const PAGE: u64 = 64;
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+/// `n` simulated processes, each with its own pool (own local mutexes and
+/// extent views) over one shared heap segment.
+fn processes(n: usize) -> Vec<(Arc<TestPool>, Owner)> {
+    heap_processes(CLASSES, PAGE, 8 << 10, n)
+        .into_iter()
+        .map(|(p, o)| (Arc::new(p), o))
+        .collect()
+}
+
+fn alloc(p: &TestPool, o: Owner) -> Result<SlotRef, Error> {
+    let mut got = Vec::new();
+    let seen = p.take(0, o, 1, &mut got)?;
+    if got.is_empty() {
+        p.grow(0, seen, o)?;
+        p.take(0, o, 1, &mut got)?;
+    }
+    let id = got.pop().ok_or(Error::corrupt("no slot after growth"))?;
+    Ok(p.activate(0, id, o)?.0)
+}
+
+fn free(p: &TestPool, h: SlotRef, o: Owner) -> Result<(), Error> {
+    let (c, id) = p.release(&h, o)?;
+    p.give(c, o, &[id])
+}
+
+/// Every slot's state, and the free list agrees with the words.
+fn assert_consistent(p: &TestPool) {
+    let report = crate::check::check_pool(p, None).unwrap();
+    assert!(report.is_consistent(), "{:?}", report.findings);
+}
+
+#[test]
+fn loom_models_two_allocs_get_distinct_slots() {
+    model(|| {
+        let mut ps = processes(2);
+        let (p1, o1) = ps.pop().unwrap();
+        let (p0, o0) = ps.pop().unwrap();
+        let t = thread::spawn(move || alloc(&p1, o1).unwrap());
+        let a = alloc(&p0, o0).unwrap();
+        let b = t.join().unwrap();
+        assert_ne!(a.slot_id(), b.slot_id());
+        assert_consistent(&p0);
+    });
+}
+
+#[test]
+fn loom_models_two_takes_from_one_free_list_get_distinct_slots() {
+    model(|| {
+        let mut ps = processes(2);
+        let (p1, o1) = ps.pop().unwrap();
+        let (p0, o0) = ps.pop().unwrap();
+        // Two slots on the shared list.
+        let a = alloc(&p0, o0).unwrap();
+        let b = alloc(&p0, o0).unwrap();
+        free(&p0, a, o0).unwrap();
+        free(&p0, b, o0).unwrap();
+        let t = thread::spawn(move || {
+            let mut got = Vec::new();
+            p1.take(0, o1, 1, &mut got).unwrap();
+            got
+        });
+        let mut mine = Vec::new();
+        p0.take(0, o0, 1, &mut mine).unwrap();
+        let theirs = t.join().unwrap();
+        assert_eq!((mine.len(), theirs.len()), (1, 1));
+        assert_ne!(mine[0], theirs[0]);
+        assert_consistent(&p0);
+    });
+}
+
+#[test]
+fn loom_models_alloc_racing_free() {
+    model(|| {
+        let mut ps = processes(2);
+        let (p1, o1) = ps.pop().unwrap();
+        let (p0, o0) = ps.pop().unwrap();
+        let h = alloc(&p0, o0).unwrap();
+        let t = thread::spawn(move || {
+            let b = alloc(&p1, o1).unwrap();
+            let mut buf = [0u8; 4];
+            p1.read_at(&b, 0, &mut buf).unwrap();
+            b
+        });
+        free(&p0, h, o0).unwrap();
+        let b = t.join().unwrap();
+        // b is the freed slot in a new life, or another slot.
+        if b.slot_id() == h.slot_id() {
+            assert_ne!(b.generation(), h.generation());
+        }
+        let mut buf = [0u8; 4];
+        assert!(p0.read_at(&h, 0, &mut buf).is_err());
+        assert_consistent(&p0);
+    });
+}
+
+#[test]
+fn loom_models_two_frees_of_one_handle_exactly_one_wins() {
+    model(|| {
+        let mut ps = processes(2);
+        let (p1, o1) = ps.pop().unwrap();
+        let (p0, o0) = ps.pop().unwrap();
+        let h = alloc(&p0, o0).unwrap();
+        let t = thread::spawn(move || free(&p1, h, o1));
+        let mine = free(&p0, h, o0);
+        let theirs = t.join().unwrap();
+        assert_eq!(
+            mine.is_ok() as u32 + theirs.is_ok() as u32,
+            1,
+            "{mine:?} {theirs:?}"
+        );
+        let loser = if mine.is_ok() { theirs } else { mine };
+        assert!(matches!(loser, Err(Error::DoubleFree)), "{loser:?}");
+        assert_consistent(&p0);
+    });
+}
+
+#[test]
+fn loom_models_growth_publishes_an_extent_while_another_process_allocates() {
+    model(|| {
+        let mut ps = processes(2);
+        let (p1, o1) = ps.pop().unwrap();
+        let (p0, o0) = ps.pop().unwrap();
+        // Use up the first extent so the next allocation needs growth.
+        let first = p0.geo.first_slots[0] as usize;
+        let held: Vec<_> = (0..first).map(|_| alloc(&p0, o0).unwrap()).collect();
+        assert_eq!(p0.counts(0).extents, 1);
+        let grower = thread::spawn(move || {
+            p1.refresh(0).unwrap();
+            p1.grow(0, 1, o1).unwrap();
+        });
+        // Meanwhile: look for slots. Either none yet, or a whole usable one.
+        let mut got = Vec::new();
+        p0.take(0, o0, 1, &mut got).unwrap();
+        if let Some(&id) = got.first() {
+            assert_eq!(id.extent(), 1);
+            let (h, _) = p0.activate(0, id, o0).unwrap();
+            p0.write_at(&h, 0, &[9; 16]).unwrap();
+            let mut back = [0u8; 16];
+            p0.read_at(&h, 0, &mut back).unwrap();
+            assert_eq!(back, [9; 16]);
+        }
+        grower.join().unwrap();
+        assert_eq!(p0.counts(0).extents, 2);
+        drop(held);
+        assert_consistent(&p0);
+    });
+}
+
+#[test]
+fn loom_models_generation_and_size_are_published_before_the_extent() {
+    model(|| {
+        let mut ps = processes(2);
+        let (p1, o1) = ps.pop().unwrap();
+        let (p0, _) = ps.pop().unwrap();
+        let before = p0.generation();
+        let grower = thread::spawn(move || p1.grow(0, 0, o1).unwrap());
+        // Whoever sees the extent count sees a current_size that covers it
+        // (refresh checks that) — and after the join, the generation moved.
+        let known = p0.refresh(0).unwrap();
+        if known == 1 {
+            assert!(p0.current_size() > p0.geo.data_start);
+        }
+        grower.join().unwrap();
+        assert_eq!(p0.refresh(0).unwrap(), 1);
+        assert!(p0.generation() > before);
+    });
+}
+
+#[test]
+fn loom_models_reclaim_racing_a_late_free() {
+    model(|| {
+        let mut ps = processes(3);
+        let (pr, r) = ps.pop().unwrap();
+        let (pb, b) = ps.pop().unwrap();
+        let (pa, a) = ps.pop().unwrap();
+        let h = alloc(&pa, a).unwrap();
+        kill(&pa, 0); // A dies holding h; B got h earlier and frees it late.
+        let late = thread::spawn(move || free(&pb, h, b));
+        let report = crate::peers::reclaim_dead(&pr, (2, r)).unwrap();
+        let late = late.join().unwrap();
+        // The slot is freed exactly once: by reclaim or by the late free.
+        match late {
+            Ok(()) => assert_eq!(report.slots, 0),
+            Err(Error::StaleHandle { .. }) => assert_eq!(report.slots, 1),
+            other => panic!("late free: {other:?}"),
+        }
+        assert_consistent(&pr);
+        let m = Meta(
+            pr.meta(pr.locate(0, h.slot_id()).unwrap())
+                .load(Ordering::Acquire),
+        );
+        assert_eq!(m.state(), SlotState::Free);
+    });
+}
+
+#[test]
+fn loom_models_a_dead_lock_holder_is_taken_over_once() {
+    model(|| {
+        let mut ps = processes(3);
+        let (pc, c) = ps.pop().unwrap();
+        let (pb, b) = ps.pop().unwrap();
+        let (pa, a) = ps.pop().unwrap();
+        let word = pa
+            .table_word(pa.geo.class_entry(0) + crate::format::cls::LOCK)
+            .unwrap();
+        word.store(a.token, Ordering::Release);
+        kill(&pa, 0);
+        let t = thread::spawn(move || pb.lock_class(0, b).unwrap().recovered);
+        let mine = pc.lock_class(0, c).unwrap().recovered;
+        let theirs = t.join().unwrap();
+        // Exactly one of the two took over from the dead holder.
+        assert!(mine ^ theirs, "mine {mine} theirs {theirs}");
+        assert_eq!(word.load(Ordering::Acquire), 0);
+    });
+}
