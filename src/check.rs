@@ -109,9 +109,15 @@ impl Slab {
 /// Checks a segment. With `me`, each class is checked under its lock.
 pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) -> Result<Report> {
     let mut report = Report::default();
-    let file_len = pool.mem.len();
-    // The header and every published extent, as attach checks them.
-    if let Err(e) = Geometry::load(&pool.mem, file_len) {
+    // Catch up with growth by other processes (this checks the file really
+    // has current_size bytes), then check the header and every published
+    // extent the way attach does.
+    let current = format::load(&pool.mem, hdr::CURRENT_SIZE)?;
+    if let Err(e) = pool.mem.observe(current) {
+        report.add("header", e.to_string());
+        return Ok(report);
+    }
+    if let Err(e) = Geometry::load(&pool.mem, pool.mem.len()) {
         report.add("header", e.to_string());
         return Ok(report);
     }
@@ -244,7 +250,7 @@ fn check_class<M: Memory>(
         );
     }
     let mut problems = 0usize;
-    pool.for_each_slot(c, |id, w| {
+    let scanned = pool.for_each_slot(c, |id, w| {
         let m = Meta(w.load(Ordering::Acquire));
         let past_cursor = (id.extent(), id.index()) >= (fe, fi);
         let mut bad = |what: String| {

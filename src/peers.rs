@@ -180,7 +180,7 @@ fn release_owned<M: Memory>(
         if matches!(m.state(), SlotState::Cached | SlotState::Allocated) && m.payload() == dead_id {
             ids.push(id);
         }
-    });
+    })?;
     let (mut freed, mut kept) = (0u64, 0u64);
     for id in ids {
         let w = pool.meta(pool.locate(c, id)?);

@@ -415,9 +415,15 @@ impl<M: Memory> Pool<M> {
     }
 
     /// Calls `f` with every slot of class `c` and its metadata word.
-    pub(crate) fn for_each_slot(&self, c: usize, mut f: impl FnMut(SlotId, &AtomicU64)) {
+    /// Extents published by other processes are loaded first: a scan that
+    /// missed them would miss their slots.
+    pub(crate) fn for_each_slot(
+        &self,
+        c: usize,
+        mut f: impl FnMut(SlotId, &AtomicU64),
+    ) -> Result<()> {
+        let known = self.refresh(c)? as usize;
         let cv = &self.classes[c];
-        let known = cv.known.load(Ordering::Acquire) as usize;
         for e in 0..known {
             let slots = cv.extents[e].slots.load(Ordering::Relaxed);
             for i in 0..slots {
@@ -427,6 +433,7 @@ impl<M: Memory> Pool<M> {
                 }
             }
         }
+        Ok(())
     }
 }
 

@@ -225,7 +225,7 @@ impl<M: Memory> Pool<M> {
                 head = id;
                 count += 1;
             }
-        });
+        })?;
         let entry = self.class(c).entry;
         self.table_word(entry + cls::FREE_HEAD)?
             .store(head.raw() as u64, Ordering::Release);

@@ -239,6 +239,15 @@ impl Slab {
         self.alloc_slow(&mut cache, first, align)
     }
 
+    /// The refill path: the smallest fitting class is refilled from its
+    /// free list or fresh slots, and grows when both are empty. Only when
+    /// growth is refused (`max_size`, extent limit) does allocation fall
+    /// through to larger classes that have a free slot.
+    ///
+    /// Falling through before growing was tried first and measured: small
+    /// requests drain the larger classes, which then grow for their own
+    /// requests, and the tour's file came out 2× (one class up) to 3×
+    /// (any class) larger than with growth first.
     #[cold]
     fn alloc_slow(
         &self,
@@ -247,35 +256,59 @@ impl Slab {
         align: u64,
     ) -> Result<(SlotRef, SlotAddr)> {
         self.allocated.store(true, Ordering::Relaxed);
-        let n = self.pool.class_count();
         // Growth can be consumed by other processes before we get a slot of
         // it; a few rounds settle that, more would mean something is wrong.
         for _ in 0..16 {
             let mut seen = 0;
-            for c in first..n {
-                if self.pool.class(c).align < align {
-                    continue;
-                }
-                if let Some(id) = cache.slots[c].pop() {
-                    return self.pool.activate(c, id, self.me);
-                }
-                if c == first || self.pool.has_free(c) {
-                    let batch = (self.limits[c] / 2).max(1);
-                    let count = self.pool.take(c, self.me, batch, &mut cache.slots[c])?;
-                    if c == first {
-                        seen = count;
-                    }
-                    if let Some(id) = cache.slots[c].pop() {
-                        return self.pool.activate(c, id, self.me);
-                    }
-                }
+            if let Some(got) = self.refill(cache, first, align, true, &mut seen)? {
+                return Ok(got);
             }
-            // Every fitting class is empty: grow the smallest one.
-            self.pool.grow(first, seen, self.me)?;
+            match self.pool.grow(first, seen, self.me) {
+                Ok(()) => {}
+                Err(e @ (Error::OutOfSpace { .. } | Error::ClassFull { .. })) => {
+                    for c in first + 1..self.pool.class_count() {
+                        if let Some(got) = self.refill(cache, c, align, false, &mut seen)? {
+                            return Ok(got);
+                        }
+                    }
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
         }
         Err(Error::corrupt(
             "allocation found no slot after 16 growths; the class table is not advancing",
         ))
+    }
+
+    /// One slot of class `c` from the cache or, refilling it, the shared
+    /// list. `always` takes the class lock even if a peek says it is empty,
+    /// and records the extent count seen (for growth) in `seen`.
+    fn refill(
+        &self,
+        cache: &mut ThreadCache,
+        c: usize,
+        align: u64,
+        always: bool,
+        seen: &mut u32,
+    ) -> Result<Option<(SlotRef, SlotAddr)>> {
+        if self.pool.class(c).align < align {
+            return Ok(None);
+        }
+        if let Some(id) = cache.slots[c].pop() {
+            return self.pool.activate(c, id, self.me).map(Some);
+        }
+        if always || self.pool.has_free(c) {
+            let batch = (self.limits[c] / 2).max(1);
+            let count = self.pool.take(c, self.me, batch, &mut cache.slots[c])?;
+            if always {
+                *seen = count;
+            }
+            if let Some(id) = cache.slots[c].pop() {
+                return self.pool.activate(c, id, self.me).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// Frees the slot a handle names. Exactly one of two racing frees of one

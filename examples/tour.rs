@@ -1,0 +1,295 @@
+//! A tour of shmslab across processes.
+//!
+//! The parent creates a small segment and a named `Stats` root, then runs
+//! this same program twice more as child processes:
+//!
+//! 1. a *worker* that attaches, finds the root, and allocates typed records
+//!    and variable-size buffers while the parent does the same — the file
+//!    grows several times under both of them — then publishes its records
+//!    under another root and exits cleanly;
+//! 2. a *crasher* that allocates buffers and is killed with SIGKILL, so the
+//!    parent can show `reclaim_dead` freeing exactly what it held.
+//!
+//! Run: `cargo run --release --example tour`
+
+use shmslab::bytemuck::{Pod, Zeroable};
+use shmslab::{Handle, Schema, Slab};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Counters shared through a named root; each process writes only its own
+/// fields, so plain read-modify-write is enough.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+struct Stats {
+    parent_records: u64,
+    parent_buffers: u64,
+    parent_bytes: u64,
+    worker_records: u64,
+    worker_buffers: u64,
+    worker_bytes: u64,
+    worker_pid: u64,
+    worker_saw_generation: u64,
+}
+impl Schema for Stats {
+    const SCHEMA_ID: Option<u64> = Some(0x7374_6174_7300_0001);
+}
+
+/// A typed record, as a service might keep per client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+struct Record {
+    id: u64,
+    owner_pid: u32,
+    flags: u32,
+    score: f64,
+    name: [u8; 40],
+}
+
+/// Where the worker leaves handles to a few of its records for the parent.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Inbox {
+    count: u64,
+    records: [Handle<Record>; 8],
+}
+impl Schema for Inbox {}
+
+/// Buffers the crasher holds when it is killed.
+const CRASHER_BUFFERS: u64 = 300;
+
+fn record(id: u64, name: &str) -> Record {
+    let mut r = Record {
+        id,
+        owner_pid: std::process::id(),
+        flags: 0,
+        score: id as f64 * 1.5,
+        name: [0; 40],
+    };
+    r.name[..name.len().min(40)].copy_from_slice(&name.as_bytes()[..name.len().min(40)]);
+    r
+}
+
+/// xorshift64*: a small deterministic PRNG for buffer sizes.
+fn next(x: &mut u64) -> u64 {
+    *x ^= *x >> 12;
+    *x ^= *x << 25;
+    *x ^= *x >> 27;
+    x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+}
+
+/// Allocates records and buffers; returns (records, buffers, bytes).
+fn work(
+    slab: &Slab,
+    seed: u64,
+    rounds: u64,
+    tag: &str,
+) -> shmslab::Result<(Vec<Handle<Record>>, u64, u64)> {
+    let mut x = seed;
+    let mut records = Vec::new();
+    let (mut buffers, mut bytes) = (0u64, 0u64);
+    for i in 0..rounds {
+        records.push(slab.alloc(record(i, &format!("{tag}-{i}")))?);
+        let len = 64 + (next(&mut x) % 8000) as usize;
+        let buf = slab.alloc_bytes(len)?;
+        slab.write_bytes(&buf, 0, &vec![i as u8; len])?;
+        buffers += 1;
+        bytes += len as u64;
+        if i % 3 == 0 {
+            slab.free(buf)?; // some churn: freed slots are reused
+        }
+    }
+    Ok((records, buffers, bytes))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("worker") => return worker(&args[2]),
+        Some("crasher") => return crasher(&args[2]),
+        _ => {}
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("tour.shm");
+    let slab = Slab::builder().initial_size(64 << 10).create(&path)?;
+    println!("shmslab tour");
+    println!(
+        "  segment  {} (id {:#010x})",
+        path.display(),
+        slab.segment_id()
+    );
+    println!("  classes  {:?} bytes", slab.class_sizes());
+    println!(
+        "  start    file {} bytes, generation {}",
+        slab.stats().file_size,
+        slab.generation()
+    );
+
+    let stats = slab.root_or_insert("stats", Stats::default())?;
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(&exe)
+        .args(["worker", path.to_str().expect("utf-8 path")])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    println!(
+        "\n[parent] created root \"stats\"; started worker pid {}",
+        child.id()
+    );
+
+    // Work alongside the worker.
+    let (mine, buffers, bytes) = work(&slab, 0x9E37_79B9_7F4A_7C15, 4000, "parent")?;
+    slab.update(stats, |s| {
+        s.parent_records = mine.len() as u64;
+        s.parent_buffers = buffers;
+        s.parent_bytes = bytes;
+    })?;
+    let status = child.wait()?;
+    let mut out = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            out.push_str(&format!("  {}\n", line?));
+        }
+    }
+    print!("{out}");
+    println!("[parent] worker exited: {status}");
+
+    // What the worker left: counters in the root, records through the inbox.
+    let s = slab.read(stats)?;
+    println!(
+        "[parent] allocated {} records and {} buffers ({} KiB); the worker, pid {}: {} records, {} buffers ({} KiB)",
+        s.parent_records,
+        s.parent_buffers,
+        s.parent_bytes >> 10,
+        s.worker_pid,
+        s.worker_records,
+        s.worker_buffers,
+        s.worker_bytes >> 10
+    );
+    if let Some(inbox) = slab.root::<Inbox>("inbox")? {
+        let inbox = slab.read(inbox)?;
+        let first = slab.read(inbox.records[0])?;
+        println!(
+            "[parent] read the worker's record through a handle it published: id {} owner pid {} name {:?}",
+            first.id,
+            first.owner_pid,
+            String::from_utf8_lossy(&first.name).trim_end_matches('\0')
+        );
+    }
+    println!(
+        "[parent] growth: generation {} (the worker saw it reach {} while attached)",
+        slab.generation(),
+        s.worker_saw_generation
+    );
+
+    // A process that dies holding slots.
+    let mut crasher = Command::new(&exe)
+        .args(["crasher", path.to_str().expect("utf-8 path")])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(crasher.stdout.take().expect("piped")).read_line(&mut line)?;
+    println!("\n[crasher] {}", line.trim());
+    crasher.kill()?; // SIGKILL: no destructor runs
+    crasher.wait()?;
+    let before = slab.check()?;
+    let report = slab.reclaim_dead()?;
+    let after = slab.check()?;
+    let owned = |r: &shmslab::Report| r.classes.iter().map(|c| c.owned_by_dead).sum::<u64>();
+    println!(
+        "[parent] killed it with SIGKILL; reclaim_dead freed {} slots of {} dead peer: its {CRASHER_BUFFERS} buffers and {} free slots waiting in its thread cache",
+        report.slots,
+        report.peers,
+        report.slots.saturating_sub(CRASHER_BUFFERS),
+    );
+    println!(
+        "[parent] slots owned by dead processes: {} before reclaim, {} after",
+        owned(&before),
+        owned(&after)
+    );
+
+    let st = slab.stats();
+    println!("\nsegment after the tour");
+    println!(
+        "  {:>9} {:>8} {:>8} {:>8} {:>8}",
+        "slot size", "extents", "slots", "in use", "free"
+    );
+    for c in st.classes.iter().filter(|c| c.extents > 0) {
+        println!(
+            "  {:>9} {:>8} {:>8} {:>8} {:>8}",
+            c.slot_size, c.extents, c.slots, c.in_use, c.free
+        );
+    }
+    println!(
+        "  file {} KiB, in use {} KiB, generation {}, peers attached {}",
+        st.file_size >> 10,
+        st.current_size >> 10,
+        st.generation,
+        st.peers.len()
+    );
+    let check = slab.check()?;
+    println!(
+        "  check: {} ({} findings)",
+        if check.is_consistent() {
+            "consistent"
+        } else {
+            "INCONSISTENT"
+        },
+        check.findings.len()
+    );
+    for f in &check.findings {
+        println!("    {f}");
+    }
+    println!(
+        "\ndone in {:.2?}; the temporary directory is removed on exit",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn worker(path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let slab = Slab::attach(path)?;
+    let stats = slab
+        .root::<Stats>("stats")?
+        .ok_or("the parent should have made the stats root")?;
+    println!(
+        "[worker] attached to {path}; found root \"stats\"; generation {}",
+        slab.generation()
+    );
+    let (records, buffers, bytes) = work(&slab, 0xD1B5_4A32_D192_ED03, 4000, "worker")?;
+    let mut inbox = Inbox::zeroed();
+    inbox.count = records.len().min(8) as u64;
+    inbox.records[..8].copy_from_slice(&records[..8]);
+    slab.root_or_insert("inbox", inbox)?;
+    slab.update(stats, |s| {
+        s.worker_pid = std::process::id() as u64;
+        s.worker_records = records.len() as u64;
+        s.worker_buffers = buffers;
+        s.worker_bytes = bytes;
+        s.worker_saw_generation = slab.generation();
+    })?;
+    println!(
+        "[worker] allocated {} records and {} buffers; generation now {}; exiting cleanly (my records stay)",
+        records.len(),
+        buffers,
+        slab.generation()
+    );
+    Ok(())
+}
+
+fn crasher(path: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let slab = Slab::attach(path)?;
+    let mut held = Vec::new();
+    for i in 0..CRASHER_BUFFERS {
+        held.push(slab.alloc_bytes(256 + i as usize * 16)?);
+    }
+    println!(
+        "pid {} attached and holds {} buffers; waiting to be killed",
+        std::process::id(),
+        held.len()
+    );
+    std::io::stdout().flush()?;
+    std::thread::sleep(std::time::Duration::from_secs(60));
+    Ok(())
+}
