@@ -88,3 +88,8 @@ pub use typed::{Handle, RootInfo, Schema, SliceHandle};
 
 /// Re-exported so `#[derive(Pod, Zeroable)]` works with the crate alone.
 pub use bytemuck;
+
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
