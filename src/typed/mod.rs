@@ -245,7 +245,8 @@ impl Slab {
         Ok(Handle::from_raw(raw))
     }
 
-    /// Allocates a slot for a `T` holding zeroes.
+    /// Allocates a slot for a `T` holding zeroes (no `T` is built on the
+    /// stack, so this works for large `T`).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -254,9 +255,24 @@ impl Slab {
     /// assert_eq!(slab.read(h)?, [0; 8]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[inline]
     pub fn alloc_zeroed<T: Pod>(&self) -> Result<Handle<T>> {
-        self.alloc(T::zeroed())
+        let raw = self.alloc_zeroed_bytes(size_of::<T>() as u64, align_of::<T>() as u64)?;
+        Ok(Handle::from_raw(raw))
+    }
+
+    /// A slot of at least `bytes` bytes aligned to `align`, its first
+    /// `bytes` bytes zeroed.
+    fn alloc_zeroed_bytes(&self, bytes: u64, align: u64) -> Result<SlotRef> {
+        let c = self.class_for(bytes, align)?;
+        let (raw, _) = self.alloc_in(c, align)?;
+        let zeros = [0u8; 4096];
+        let mut at = 0u64;
+        while at < bytes {
+            let n = (bytes - at).min(zeros.len() as u64) as usize;
+            self.pool.write_at(&raw, at, &zeros[..n])?;
+            at += n as u64;
+        }
+        Ok(raw)
     }
 
     /// Copies the `T` out of its slot. If the slot is freed or reused while
@@ -325,15 +341,7 @@ impl Slab {
                 size: u64::MAX,
                 largest: *self.class_sizes().last().unwrap_or(&0),
             })?;
-        let c = self.class_for(bytes, align_of::<T>() as u64)?;
-        let (raw, _) = self.alloc_in(c, align_of::<T>() as u64)?;
-        let zeros = [0u8; 4096];
-        let mut at = 0u64;
-        while at < bytes {
-            let n = (bytes - at).min(zeros.len() as u64) as usize;
-            self.pool.write_at(&raw, at, &zeros[..n])?;
-            at += n as u64;
-        }
+        let raw = self.alloc_zeroed_bytes(bytes, align_of::<T>() as u64)?;
         Ok(SliceHandle {
             raw,
             len: len as u64,
