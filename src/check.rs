@@ -71,6 +71,8 @@ pub struct Report {
     pub live_peers: usize,
     /// Rows of dead processes not yet reclaimed.
     pub dead_peers: usize,
+    /// Slots allocated or cached, by owner (peer row + 1; 0 is the segment).
+    pub owners: std::collections::BTreeMap<u32, u64>,
 }
 
 impl Report {
@@ -250,6 +252,7 @@ fn check_class<M: Memory>(
         );
     }
     let mut problems = 0usize;
+    let mut owners = std::collections::BTreeMap::new();
     let scanned = pool.for_each_slot(c, |id, w| {
         let m = Meta(w.load(Ordering::Acquire));
         let past_cursor = (id.extent(), id.index()) >= (fe, fi);
@@ -279,6 +282,7 @@ fn check_class<M: Memory>(
                     out.allocated += 1;
                 }
                 let owner = m.payload();
+                *owners.entry(owner).or_insert(0) += 1;
                 if owner != 0 && !rows.present.contains(&owner) {
                     bad(format!("owned by peer row {} which is empty", owner - 1));
                 } else if owner != 0 && !rows.alive.contains(&owner) {
@@ -290,6 +294,12 @@ fn check_class<M: Memory>(
             }
         }
     });
+    if let Err(e) = scanned {
+        report.add(&here, format!("extent table: {e}"));
+    }
+    for (owner, n) in owners {
+        *report.owners.entry(owner).or_insert(0) += n;
+    }
     if problems > 20 {
         report.add(
             &here,

@@ -66,6 +66,7 @@ mod check;
 mod error;
 mod fault;
 mod format;
+mod inspect;
 mod peers;
 mod pool;
 mod region;
@@ -74,13 +75,14 @@ mod sync;
 mod sys;
 mod typed;
 
-pub use check::{Finding, Report};
+pub use check::{ClassCheck, Finding, Report};
 pub use error::{Error, Fingerprint, Result};
 pub use fault::CRASH_POINTS;
 pub use format::{
     FORMAT_VERSION, MAX_CLASSES, MAX_EXTENTS, MAX_PEERS, MAX_ROOT_NAME, MAX_ROOTS, MAX_SLOT_SIZE,
     SlotRef,
 };
+pub use inspect::{PeerSnapshot, Snapshot, inspect};
 pub use peers::{PeerInfo, ReclaimReport};
 pub use region::{FileCleanup, HeapRegion, MmapRegion, Region, RegionOptions};
 pub use slab::{ClassStats, DEFAULT_CLASSES, Slab, SlabBuilder, Stats};

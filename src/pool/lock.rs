@@ -69,6 +69,7 @@ pub(crate) enum Liveness {
     },
     /// A heap segment in tests and loom models: rows in `dead` (a bit mask)
     /// are dead, all others alive.
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     Simulated {
         /// Shared by every pool of one simulated machine.
         dead: std::sync::Arc<AtomicU64>,
@@ -76,6 +77,7 @@ pub(crate) enum Liveness {
 }
 
 impl Liveness {
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     pub(crate) fn simulated() -> Self {
         Liveness::Simulated {
             dead: std::sync::Arc::new(AtomicU64::new(0)),

@@ -40,6 +40,7 @@ pub struct RegionOptions {
     mode: u32,
     replace: bool,
     reserve: u64,
+    read_only: bool,
 }
 
 impl Default for RegionOptions {
@@ -55,6 +56,7 @@ impl RegionOptions {
             mode: 0o600,
             replace: false,
             reserve: 0,
+            read_only: false,
         }
     }
 
@@ -77,6 +79,14 @@ impl RegionOptions {
     /// file are never touched.
     pub fn reserve(&mut self, bytes: u64) -> &mut Self {
         self.reserve = bytes;
+        self
+    }
+
+    /// Attach read-only (`O_RDONLY`, `PROT_READ`), for inspection tools. Kept
+    /// inside the crate: a store into such a mapping would fault, and only
+    /// the inspector, which never stores, uses it.
+    pub(crate) fn read_only(&mut self, read_only: bool) -> &mut Self {
+        self.read_only = read_only;
         self
     }
 
@@ -111,7 +121,7 @@ impl RegionOptions {
                 .map_err(|e| Error::io("chmod", path, e))?;
             sys::reserve_space(&file, 0, size as u64)
                 .map_err(|e| Error::io("fallocate", path, e))?;
-            MmapRegion::map(file, path.to_path_buf(), size as u64, self.reserve)
+            MmapRegion::map(file, path.to_path_buf(), size as u64, self.reserve, false)
         })();
         let mut region = match made {
             Ok(region) => region,
@@ -133,7 +143,7 @@ impl RegionOptions {
     pub fn attach(&self, path: &Path) -> Result<MmapRegion> {
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(!self.read_only)
             .open(path)
             .map_err(|e| Error::io("open", path, e))?;
         let len = sys::file_len(&file).map_err(|e| Error::io("fstat", path, e))?;
@@ -142,7 +152,7 @@ impl RegionOptions {
                 path: path.to_path_buf(),
             });
         }
-        MmapRegion::map(file, path.to_path_buf(), len, self.reserve)
+        MmapRegion::map(file, path.to_path_buf(), len, self.reserve, self.read_only)
     }
 
     /// Maps `size` bytes of the file behind `fd`, for example one received
@@ -163,7 +173,13 @@ impl RegionOptions {
                 actual: len,
             });
         }
-        MmapRegion::map(file, PathBuf::new(), size as u64, self.reserve)
+        MmapRegion::map(
+            file,
+            PathBuf::new(),
+            size as u64,
+            self.reserve,
+            self.read_only,
+        )
     }
 }
 
@@ -204,6 +220,7 @@ pub struct MmapRegion {
     identity: (u64, u64),
     owns_file: bool,
     reserve: u64,
+    read_only: bool,
     /// Start of the newest mapping. Published before `len` grows past the
     /// previous mapping's end, so whoever sees the new `len` sees this too.
     base: AtomicPtr<u8>,
@@ -233,10 +250,10 @@ impl MmapRegion {
         RegionOptions::new().attach_fd(fd, size)
     }
 
-    fn map(file: File, path: PathBuf, len: u64, reserve: u64) -> Result<Self> {
+    fn map(file: File, path: PathBuf, len: u64, reserve: u64, read_only: bool) -> Result<Self> {
         let identity = sys::file_identity(&file).map_err(|e| Error::io("fstat", &path, e))?;
         let map_len = len.max(reserve);
-        let map = map_raw(&file, map_len).map_err(|e| Error::io("mmap", &path, e))?;
+        let map = map_raw(&file, map_len, read_only).map_err(|e| Error::io("mmap", &path, e))?;
         let base = map.as_mut_ptr();
         Ok(Self {
             file,
@@ -244,6 +261,7 @@ impl MmapRegion {
             identity,
             owns_file: false,
             reserve,
+            read_only,
             base: AtomicPtr::new(base),
             map_len: AtomicU64::new(map_len),
             len: AtomicU64::new(len),
@@ -342,7 +360,8 @@ impl MmapRegion {
             };
             // The new mapping exists before anything moves to it; the old one
             // stays mapped (pointers into it stay valid) until `self` drops.
-            let map = map_raw(&self.file, want).map_err(|e| Error::io("mmap", &self.path, e))?;
+            let map = map_raw(&self.file, want, self.read_only)
+                .map_err(|e| Error::io("mmap", &self.path, e))?;
             self.base.store(map.as_mut_ptr(), Ordering::Release);
             self.map_len.store(want, Ordering::Release);
             self.map_generation.fetch_add(1, Ordering::AcqRel);
@@ -353,9 +372,13 @@ impl MmapRegion {
     }
 }
 
-fn map_raw(file: &File, len: u64) -> io::Result<MmapRaw> {
+fn map_raw(file: &File, len: u64, read_only: bool) -> io::Result<MmapRaw> {
     let len = usize::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    MmapOptions::new().len(len).map_raw(file)
+    if read_only {
+        MmapOptions::new().len(len).map_raw_read_only(file)
+    } else {
+        MmapOptions::new().len(len).map_raw(file)
+    }
 }
 
 impl Memory for MmapRegion {
@@ -396,6 +419,9 @@ impl Memory for MmapRegion {
     }
 
     fn grow_to(&self, new_len: u64) -> Result<()> {
+        if self.read_only {
+            return Err(invalid(&self.path, "grow", "the region is read-only"));
+        }
         let mut maps = self.mappings.lock();
         let len = self.len.load(Ordering::Acquire);
         if new_len <= len {

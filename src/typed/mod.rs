@@ -10,6 +10,7 @@
 mod roots;
 
 pub use roots::RootInfo;
+pub(crate) use roots::list_roots;
 
 use crate::error::{Error, Fingerprint, Result};
 use crate::format::SlotRef;

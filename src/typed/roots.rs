@@ -14,7 +14,9 @@ use super::{Handle, Schema, fingerprint_of};
 use crate::error::{Error, Fingerprint, Result};
 use crate::fault::crash_point;
 use crate::format::{self, MAX_ROOT_NAME, SlotRef, hdr, root};
+use crate::pool::Pool;
 use crate::pool::lock::{self, SharedGuard};
+use crate::region::Memory;
 use crate::slab::Slab;
 use crate::sync::Ordering;
 
@@ -47,6 +49,44 @@ struct Entry {
     handle: SlotRef,
 }
 
+/// Reads root entry `i`.
+fn read_entry<M: Memory>(pool: &Pool<M>, i: usize) -> Result<Entry> {
+    let base = pool.geo.root_entry(i);
+    let r = |off| format::load(&pool.mem, base + off);
+    let len = (r(root::NAME_LEN)? as usize).min(MAX_ROOT_NAME);
+    let mut name = Vec::with_capacity(MAX_ROOT_NAME);
+    for w in 0..MAX_ROOT_NAME as u64 / 8 {
+        name.extend_from_slice(&r(root::NAME + 8 * w)?.to_ne_bytes());
+    }
+    name.truncate(len);
+    Ok(Entry {
+        state: r(root::STATE)?,
+        name,
+        fingerprint: Fingerprint {
+            size: r(root::FP_SIZE)?,
+            align: r(root::FP_ALIGN)?,
+            schema: r(root::FP_SCHEMA)?,
+        },
+        handle: SlotRef::from_words([r(root::HANDLE)?, r(root::HANDLE + 8)?]),
+    })
+}
+
+/// Every ready root, read without the roots lock (for inspection).
+pub(crate) fn list_roots<M: Memory>(pool: &Pool<M>) -> Result<Vec<RootInfo>> {
+    let mut out = Vec::new();
+    for i in 0..pool.geo.config.root_capacity {
+        let e = read_entry(pool, i)?;
+        if e.state == root::READY {
+            out.push(RootInfo {
+                name: String::from_utf8_lossy(&e.name).into_owned(),
+                fingerprint: e.fingerprint,
+                handle: e.handle,
+            });
+        }
+    }
+    Ok(out)
+}
+
 impl Slab {
     fn lock_roots(&self) -> Result<SharedGuard<'_>> {
         let pool = &self.pool;
@@ -71,24 +111,7 @@ impl Slab {
     }
 
     fn read_entry(&self, i: usize) -> Result<Entry> {
-        let base = self.pool.geo.root_entry(i);
-        let r = |off| format::load(&self.pool.mem, base + off);
-        let len = (r(root::NAME_LEN)? as usize).min(MAX_ROOT_NAME);
-        let mut name = Vec::with_capacity(MAX_ROOT_NAME);
-        for w in 0..MAX_ROOT_NAME as u64 / 8 {
-            name.extend_from_slice(&r(root::NAME + 8 * w)?.to_ne_bytes());
-        }
-        name.truncate(len);
-        Ok(Entry {
-            state: r(root::STATE)?,
-            name,
-            fingerprint: Fingerprint {
-                size: r(root::FP_SIZE)?,
-                align: r(root::FP_ALIGN)?,
-                schema: r(root::FP_SCHEMA)?,
-            },
-            handle: SlotRef::from_words([r(root::HANDLE)?, r(root::HANDLE + 8)?]),
-        })
+        read_entry(&self.pool, i)
     }
 
     /// The ready entry named `name`, if any. Caller holds the roots lock.
@@ -229,17 +252,6 @@ impl Slab {
     /// Every named root.
     pub fn roots(&self) -> Result<Vec<RootInfo>> {
         let _guard = self.lock_roots()?;
-        let mut out = Vec::new();
-        for i in 0..self.pool.geo.config.root_capacity {
-            let e = self.read_entry(i)?;
-            if e.state == root::READY {
-                out.push(RootInfo {
-                    name: String::from_utf8_lossy(&e.name).into_owned(),
-                    fingerprint: e.fingerprint,
-                    handle: e.handle,
-                });
-            }
-        }
-        Ok(out)
+        list_roots(&self.pool)
     }
 }

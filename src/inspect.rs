@@ -1,0 +1,127 @@
+//! Read-only inspection of a segment, for tools like `shmslab inspect`.
+//!
+//! [`inspect`] maps the file read-only (`O_RDONLY`, `PROT_READ`), joins no
+//! peer table and takes no lock: it never changes the segment, and it works on
+//! a file the caller may only read. The price is that on a segment other
+//! processes are changing, a count can be caught between two steps of an
+//! operation; [`Slab::check`](crate::Slab::check) takes the class locks and is
+//! exact.
+
+use crate::check::{self, ClassCheck, Finding};
+use crate::error::{Error, Result};
+use crate::format::{self, FORMAT_VERSION, Geometry, hdr};
+use crate::peers;
+use crate::pool::{Liveness, Pool};
+use crate::region::RegionOptions;
+use crate::sys;
+use crate::typed::{RootInfo, list_roots};
+use std::path::{Path, PathBuf};
+
+/// One row of the peer table, with the slots its process owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerSnapshot {
+    /// The row.
+    pub row: usize,
+    /// The process id it recorded.
+    pub pid: u32,
+    /// Whether the kernel says the process still holds its row.
+    pub alive: bool,
+    /// Slots it has allocated or cached.
+    pub slots_owned: u64,
+}
+
+/// Everything [`inspect`] read.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The file.
+    pub path: PathBuf,
+    /// Format version of the file.
+    pub format_version: u64,
+    /// The segment's id.
+    pub segment_id: u32,
+    /// Page size extents are aligned to.
+    pub page_size: u64,
+    /// Where the extents begin.
+    pub data_start: u64,
+    /// End of the last extent.
+    pub current_size: u64,
+    /// The file's length.
+    pub file_size: u64,
+    /// The cap on the file size (0: none).
+    pub max_size: u64,
+    /// The growth counter.
+    pub generation: u64,
+    /// Per class: slot size and exact counts by state.
+    pub classes: Vec<ClassCheck>,
+    /// Named roots.
+    pub roots: Vec<RootInfo>,
+    /// Rows of the peer table in use.
+    pub peers: Vec<PeerSnapshot>,
+    /// Slots owned by the segment itself (roots, detached processes' data).
+    pub segment_owned: u64,
+    /// What the consistency check found; empty when consistent.
+    pub findings: Vec<Finding>,
+}
+
+impl Snapshot {
+    /// Whether the check found nothing wrong.
+    pub fn is_consistent(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// Reads a segment without changing it: header, classes, roots, peers, and a
+/// full consistency check.
+///
+/// A file that is not a readable segment (missing, empty, foreign, another
+/// version or architecture, truncated, with a corrupt header) is an `Err`.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("seg.shm");
+/// let slab = shmslab::Slab::builder().create(&path)?;
+/// slab.root_or_insert("answer", 42u64)?;
+/// let snap = shmslab::inspect(&path)?;
+/// assert!(snap.is_consistent());
+/// assert_eq!(snap.roots[0].name, "answer");
+/// assert_eq!(snap.peers.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
+    let path = path.as_ref();
+    let region = RegionOptions::new().read_only(true).attach(path)?;
+    let file_size = region.len() as u64;
+    let geo = Geometry::load(&region, file_size)?;
+    let file = region
+        .file()
+        .try_clone()
+        .map_err(|e| Error::io("dup", path, e))?;
+    let pool = Pool::new(region, geo, Liveness::File { file })?;
+    let report = check::check_pool(&pool, None)?;
+    let load = |off| format::load(&pool.mem, off).unwrap_or(0);
+    let peers = peers::list(&pool, None)?
+        .into_iter()
+        .map(|p| PeerSnapshot {
+            slots_owned: report.owners.get(&(p.row as u32 + 1)).copied().unwrap_or(0),
+            row: p.row,
+            pid: p.pid,
+            alive: p.alive,
+        })
+        .collect();
+    Ok(Snapshot {
+        path: path.to_path_buf(),
+        format_version: FORMAT_VERSION,
+        segment_id: pool.segment_id(),
+        page_size: pool.geo.config.page_size,
+        data_start: pool.geo.data_start,
+        current_size: load(hdr::CURRENT_SIZE),
+        file_size: sys::file_len(pool.mem.file()).unwrap_or(file_size),
+        max_size: pool.geo.config.max_size,
+        generation: load(hdr::GENERATION),
+        roots: list_roots(&pool)?,
+        segment_owned: report.owners.get(&0).copied().unwrap_or(0),
+        classes: report.classes,
+        peers,
+        findings: report.findings,
+    })
+}
