@@ -111,15 +111,9 @@ impl Slab {
 /// Checks a segment. With `me`, each class is checked under its lock.
 pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) -> Result<Report> {
     let mut report = Report::default();
-    // Catch up with growth by other processes (this checks the file really
-    // has current_size bytes), then check the header and every published
-    // extent the way attach does.
-    let current = format::load(&pool.mem, hdr::CURRENT_SIZE)?;
-    if let Err(e) = pool.mem.observe(current) {
-        report.add("header", e.to_string());
-        return Ok(report);
-    }
-    if let Err(e) = Geometry::load(&pool.mem, pool.mem.len()) {
+    // The header and every published extent, checked the way attach does
+    // (catching up with growth by other processes first).
+    if let Err(e) = Geometry::load_live(&pool.mem) {
         report.add("header", e.to_string());
         return Ok(report);
     }

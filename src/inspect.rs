@@ -91,7 +91,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
     let path = path.as_ref();
     let region = RegionOptions::new().read_only(true).attach(path)?;
     let file_size = region.len() as u64;
-    let geo = Geometry::load(&region, file_size)?;
+    let geo = Geometry::load_live(&region)?;
     let file = region
         .file()
         .try_clone()

@@ -478,6 +478,24 @@ impl Geometry {
         Ok(geo)
     }
 
+    /// [`load`](Self::load) for a live segment: if the header says more
+    /// bytes than this process has mapped (another process grew the file
+    /// since), look at the file again and retry, so a growth racing an
+    /// attach is not mistaken for truncation.
+    pub(crate) fn load_live(mem: &impl Memory) -> Result<Self> {
+        for _ in 0..16 {
+            match Geometry::load(mem, mem.len()) {
+                Err(Error::Truncated { expected, actual }) if expected > mem.len() => {
+                    if mem.observe(expected).is_err() {
+                        return Err(Error::Truncated { expected, actual });
+                    }
+                }
+                other => return other,
+            }
+        }
+        Geometry::load(mem, mem.len())
+    }
+
     /// The published extents of `class`, each checked against `current_size`.
     pub(crate) fn published_extents(
         &self,

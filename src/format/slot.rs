@@ -71,6 +71,7 @@ pub(crate) struct Meta(pub(crate) u64);
 impl Meta {
     pub(crate) const FRESH: Meta = Meta(0);
 
+    #[inline(always)]
     pub(crate) fn new(generation: u32, state: SlotState, payload: u32) -> Self {
         let s = match state {
             SlotState::Fresh => 0u64,
@@ -101,6 +102,20 @@ impl Meta {
     /// A fresh slot's word is all zero; any other word in state `Fresh` is junk.
     pub(crate) fn is_valid(self) -> bool {
         self.state() != SlotState::Fresh || self.0 == 0
+    }
+
+    /// Whether this is the word of a live allocation of `generation`: one
+    /// compare of everything but the owner.
+    #[inline(always)]
+    pub(crate) fn is_live(self, generation: u32) -> bool {
+        let state_and_generation = !(PAYLOAD_MASK as u64);
+        self.0 & state_and_generation == Meta::new(generation, SlotState::Allocated, 0).0
+    }
+
+    /// Whether this is the word of a slot cached by `owner`.
+    #[inline(always)]
+    pub(crate) fn is_cached_by(self, owner: u32) -> bool {
+        self.0 as u32 == Meta::new(0, SlotState::Cached, owner).0 as u32
     }
 
     /// The generation of the slot's next life.

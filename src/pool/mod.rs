@@ -48,11 +48,12 @@ use crate::format::{
 use crate::region::Memory;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, fence};
 
-/// Where one slot's metadata word and data live.
+/// Where one slot's metadata word and data live, and its size.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SlotAddr {
     pub meta: u64,
     pub data: u64,
+    pub size: u64,
 }
 
 /// A checked extent, written once by the refreshing thread before `known`
@@ -234,6 +235,7 @@ impl<M: Memory> Pool<M> {
         Ok(SlotAddr {
             meta: view.meta.load(Ordering::Relaxed) + 8 * i,
             data: view.data.load(Ordering::Relaxed) + cv.size * i,
+            size: cv.size,
         })
     }
 
@@ -262,11 +264,11 @@ impl<M: Memory> Pool<M> {
         if h.segment != self.geo.segment_id {
             return Err(foreign(self.geo.segment_id, h.segment));
         }
-        if h.generation == 0
-            || h.reserved != 0
-            || h.extent as usize >= MAX_EXTENTS
-            || h.index >= format::MAX_SLOTS_PER_EXTENT
-        {
+        // One branch for all the shape checks: index below 2^24, extent
+        // below 64, reserved bits zero, generation not zero.
+        const _: () = assert!(MAX_EXTENTS == 64 && format::MAX_SLOTS_PER_EXTENT < 1 << 24);
+        let bad = (h.index >> 24) | (h.extent as u32 >> 6) | h.reserved as u32;
+        if bad != 0 || h.generation == 0 {
             return Err(invalid("malformed handle"));
         }
         let c = h.class as usize;
@@ -287,7 +289,7 @@ impl<M: Memory> Pool<M> {
         let addr = self.locate(c, id)?;
         let w = self.meta(addr);
         let m = Meta(w.load(Ordering::Relaxed));
-        if m.state() != SlotState::Cached || m.payload() != owner.id {
+        if !m.is_cached_by(owner.id) {
             return Err(cache_stolen(c, id));
         }
         let g = m.next_generation();
@@ -344,10 +346,10 @@ impl<M: Memory> Pool<M> {
         Err(Error::corrupt("a slot's metadata word keeps changing"))
     }
 
-    /// Checks that `len` bytes at `offset` fit the slot of class `c`.
-    #[inline]
-    fn check_span(&self, c: usize, offset: u64, len: usize) -> Result<()> {
-        let capacity = self.classes[c].size;
+    /// Checks that `len` bytes at `offset` fit the slot at `addr`.
+    #[inline(always)]
+    fn check_span(addr: SlotAddr, offset: u64, len: usize) -> Result<()> {
+        let capacity = addr.size;
         match offset.checked_add(len as u64) {
             Some(end) if end <= capacity => Ok(()),
             _ => Err(out_of_bounds(offset, len, capacity)),
@@ -359,8 +361,8 @@ impl<M: Memory> Pool<M> {
     /// and reused under the reader is reported stale, never returned.
     #[inline]
     pub(crate) fn read_at(&self, h: &SlotRef, offset: u64, dst: &mut [u8]) -> Result<()> {
-        let (c, _, addr) = self.check_ref(h)?;
-        self.check_span(c, offset, dst.len())?;
+        let (_, _, addr) = self.check_ref(h)?;
+        Self::check_span(addr, offset, dst.len())?;
         let w = self.meta(addr);
         check_live(Meta(w.load(Ordering::Acquire)), h, false)?;
         // SAFETY: the span lies inside the slot (check_span), and the slot
@@ -373,8 +375,8 @@ impl<M: Memory> Pool<M> {
     /// Copies `src` into the live slot `h` names.
     #[inline]
     pub(crate) fn write_at(&self, h: &SlotRef, offset: u64, src: &[u8]) -> Result<()> {
-        let (c, _, addr) = self.check_ref(h)?;
-        self.check_span(c, offset, src.len())?;
+        let (_, _, addr) = self.check_ref(h)?;
+        Self::check_span(addr, offset, src.len())?;
         check_live(Meta(self.meta(addr).load(Ordering::Acquire)), h, false)?;
         // SAFETY: as in `read_at`.
         unsafe { self.mem.copy_in(addr.data + offset, src) };
@@ -384,8 +386,8 @@ impl<M: Memory> Pool<M> {
     /// Writes `src` at the start of a slot just activated by this thread:
     /// nobody else can free it before its handle is returned.
     #[inline]
-    pub(crate) fn fill_new(&self, c: usize, addr: SlotAddr, src: &[u8]) -> Result<()> {
-        self.check_span(c, 0, src.len())?;
+    pub(crate) fn fill_new(&self, addr: SlotAddr, src: &[u8]) -> Result<()> {
+        Self::check_span(addr, 0, src.len())?;
         // SAFETY: `addr` came from `activate` (a checked extent, see `meta`)
         // and the span fits the slot.
         unsafe { self.mem.copy_in(addr.data, src) };
@@ -468,7 +470,7 @@ fn cache_stolen(c: usize, id: SlotId) -> Error {
 /// `freeing`, and stale otherwise.
 #[inline]
 fn check_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
-    if m.generation() == h.generation && m.state() == SlotState::Allocated {
+    if m.is_live(h.generation) {
         return Ok(());
     }
     not_live(m, h, freeing)

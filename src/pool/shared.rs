@@ -10,7 +10,7 @@ use super::lock::{self, SharedGuard};
 use super::{Owner, Pool};
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
-use crate::format::{Meta, SlotId, SlotState, cls};
+use crate::format::{self, Meta, SlotId, SlotState, cls};
 use crate::region::Memory;
 use crate::sync::Ordering;
 
@@ -104,8 +104,12 @@ impl<M: Memory> Pool<M> {
     }
 
     /// Claims up to `want` never-used slots past class `c`'s fresh cursor.
-    /// Caller holds the class lock.
-    /// Returns the extent count it saw.
+    /// Caller holds the class lock. Returns the extent count it saw.
+    ///
+    /// The cursor moves first, then the claimed words are written: a holder
+    /// that dies in between leaves fresh (zero) words *before* the cursor,
+    /// which the next holder's rebuild puts on the free list. So every slot
+    /// past the cursor is always fresh, and the fresh count is exact.
     fn claim_fresh(
         &self,
         c: usize,
@@ -122,30 +126,37 @@ impl<M: Memory> Pool<M> {
                 "class {c}: fresh cursor in extent {e}"
             )));
         }
-        let mut got = 0;
-        while got < want && e < known {
+        let first = out.len();
+        while out.len() - first < want && e < known {
             if i >= self.extent_slots(c, e) {
                 e += 1;
                 i = 0;
                 continue;
             }
-            let id = SlotId::new(e, i);
-            let w = self.meta(self.locate(c, id)?);
-            // A fresh slot is all zero. Anything else past the cursor was
-            // claimed by a holder that died before moving the cursor, and
-            // belongs to whoever its word says.
-            if Meta(w.load(Ordering::Acquire)) == Meta::FRESH {
-                w.store(
-                    Meta::new(0, SlotState::Cached, owner.id).0,
-                    Ordering::Relaxed,
-                );
-                out.push(id);
-                got += 1;
-            }
+            out.push(SlotId::new(e, i));
             i += 1;
         }
-        crash_point("refill.fresh_claimed");
         cursor_w.store(((e as u64) << 32) | i as u64, Ordering::Release);
+        crash_point("refill.fresh_claimed");
+        let mut kept = first;
+        for n in first..out.len() {
+            let id = out[n];
+            let w = self.meta(self.locate(c, id)?);
+            // Only a zero word is fresh; anything else was written by a peer
+            // that should not have, and is left to whoever its word names.
+            if w.compare_exchange(
+                Meta::FRESH.0,
+                Meta::new(0, SlotState::Cached, owner.id).0,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+            {
+                out[kept] = id;
+                kept += 1;
+            }
+        }
+        out.truncate(kept);
         Ok(known)
     }
 
@@ -205,19 +216,28 @@ impl<M: Memory> Pool<M> {
             }
         }
         head_w.store(id.raw() as u64, Ordering::Release);
-        count_w.store(count_w.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        // A hint for statistics, read from the file: never trusted to be sane.
+        count_w.store(
+            count_w.load(Ordering::Relaxed).saturating_add(1),
+            Ordering::Relaxed,
+        );
         Ok(true)
     }
 
     /// Rebuilds class `c`'s free list from the metadata words: every slot in
-    /// state *free*, and only those. Caller holds the class lock.
+    /// state *free*, and only those — plus fresh slots behind the fresh
+    /// cursor, which a holder that died while claiming them left behind.
+    /// Caller holds the class lock.
     pub(crate) fn rebuild_list(&self, c: usize) -> Result<u64> {
         self.refresh(c)?;
+        let cursor = format::load(&self.mem, self.class(c).entry + cls::FRESH)?;
+        let cursor = ((cursor >> 32) as u32, cursor as u32);
         let mut head = SlotId::NIL;
         let mut count = 0u64;
         self.for_each_slot(c, |id, w| {
             let m = Meta(w.load(Ordering::Acquire));
-            if m.state() == SlotState::Free {
+            let abandoned = m == Meta::FRESH && (id.extent(), id.index()) < cursor;
+            if m.state() == SlotState::Free || abandoned {
                 w.store(
                     Meta::new(m.generation(), SlotState::Free, head.raw()).0,
                     Ordering::Relaxed,

@@ -200,7 +200,7 @@ impl Slab {
     pub fn attach(path: impl AsRef<Path>) -> Result<Slab> {
         let path = path.as_ref();
         let region = RegionOptions::new().reserve(DEFAULT_RESERVE).attach(path)?;
-        let geo = Geometry::load(&region, region.len() as u64)?;
+        let geo = Geometry::load_live(&region)?;
         let liveness = own_description(&region, path)?;
         Slab::open(Pool::new(region, geo, liveness)?)
     }
@@ -219,7 +219,7 @@ impl Slab {
         let region = RegionOptions::new()
             .reserve(DEFAULT_RESERVE)
             .attach_fd(fd, len as usize)?;
-        let geo = Geometry::load(&region, len)?;
+        let geo = Geometry::load_live(&region)?;
         Slab::open(Pool::new(region, geo, Liveness::File { file: own })?)
     }
 }

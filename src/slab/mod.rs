@@ -1,35 +1,26 @@
 //! [`Slab`]: the one front door.
 
 mod builder;
+mod cache;
 mod stats;
 
 pub use builder::{DEFAULT_CLASSES, SlabBuilder};
 pub use stats::{ClassStats, Stats};
 
 use crate::error::{Error, Result};
-use crate::format::{SlotId, SlotRef};
+use crate::format::SlotRef;
 use crate::peers::{self, ReclaimReport};
 use crate::pool::{Owner, Pool, SlotAddr};
 use crate::region::MmapRegion;
 use crate::sync::{AtomicBool, Ordering};
+use cache::{Stack, ThreadCache, cache_limit};
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 use thread_local::ThreadLocal;
 
-/// Slots a thread may keep cached per class: about 256 KiB worth, 2 to 256.
-fn cache_limit(slot_size: u64) -> usize {
-    ((256 << 10) / slot_size).clamp(2, 256) as usize
-}
-
 thread_local! {
     /// The uid of the `Slab` this thread used last, and its cache there.
     static LAST_CACHE: Cell<(u64, *const ())> = const { Cell::new((0, std::ptr::null())) };
-}
-
-/// One thread's private stacks of free slots, one per class.
-#[derive(Debug)]
-struct ThreadCache {
-    slots: Box<[Vec<SlotId>]>,
 }
 
 /// A process's attachment to a shared-memory segment: allocate slots, read
@@ -66,11 +57,11 @@ pub struct Slab {
     pub(crate) me: Owner,
     /// Unique among all `Slab`s this process ever makes (never 0).
     uid: u64,
-    caches: ThreadLocal<RefCell<ThreadCache>>,
+    caches: ThreadLocal<RefCell<Box<ThreadCache>>>,
     limits: Box<[usize]>,
     /// Class for each size up to `SMALL_SIZES` in 16-byte steps.
     small_classes: Box<[u8]>,
-    allocated: AtomicBool,
+    owns_slots: AtomicBool,
 }
 
 /// Sizes up to this many bytes find their class through a table.
@@ -109,7 +100,7 @@ impl Slab {
             caches: ThreadLocal::new(),
             limits,
             small_classes,
-            allocated: AtomicBool::new(false),
+            owns_slots: AtomicBool::new(false),
         })
     }
 
@@ -155,7 +146,7 @@ impl Slab {
     /// The calling thread's cache. The last one used is remembered in a
     /// plain thread-local, so the hot path is a compare, not a table lookup.
     #[inline(always)]
-    fn cache(&self) -> &RefCell<ThreadCache> {
+    fn cache(&self) -> &RefCell<Box<ThreadCache>> {
         let (uid, ptr) = LAST_CACHE.with(Cell::get);
         if uid == self.uid {
             // SAFETY: this thread stored (uid, ptr) in `cache_slow` from
@@ -163,19 +154,20 @@ impl Slab {
             // reused, so that `Slab` is `self`, which is alive; a
             // `ThreadLocal` never moves or frees an entry before it drops,
             // and the entry is this thread's own.
-            return unsafe { &*(ptr as *const RefCell<ThreadCache>) };
+            return unsafe { &*(ptr as *const RefCell<Box<ThreadCache>>) };
         }
         self.cache_slow()
     }
 
     #[cold]
-    fn cache_slow(&self) -> &RefCell<ThreadCache> {
-        let cache = self.caches.get_or(|| {
-            RefCell::new(ThreadCache {
-                slots: (0..self.pool.class_count()).map(|_| Vec::new()).collect(),
-            })
+    fn cache_slow(&self) -> &RefCell<Box<ThreadCache>> {
+        let cache = self.caches.get_or(|| RefCell::new(ThreadCache::new()));
+        LAST_CACHE.with(|c| {
+            c.set((
+                self.uid,
+                cache as *const RefCell<Box<ThreadCache>> as *const (),
+            ))
         });
-        LAST_CACHE.with(|c| c.set((self.uid, cache as *const RefCell<ThreadCache> as *const ())));
         cache
     }
 
@@ -233,7 +225,7 @@ impl Slab {
     #[inline(always)]
     pub(crate) fn alloc_in(&self, first: usize, align: u64) -> Result<(SlotRef, SlotAddr)> {
         let mut cache = self.cache().borrow_mut();
-        if let Some(id) = cache.slots[first].pop() {
+        if let Some(id) = cache.stacks[first].pop() {
             return self.pool.activate(first, id, self.me);
         }
         self.alloc_slow(&mut cache, first, align)
@@ -255,7 +247,7 @@ impl Slab {
         first: usize,
         align: u64,
     ) -> Result<(SlotRef, SlotAddr)> {
-        self.allocated.store(true, Ordering::Relaxed);
+        self.owns_slots.store(true, Ordering::Relaxed);
         // Growth can be consumed by other processes before we get a slot of
         // it; a few rounds settle that, more would mean something is wrong.
         for _ in 0..16 {
@@ -295,16 +287,21 @@ impl Slab {
         if self.pool.class(c).align < align {
             return Ok(None);
         }
-        if let Some(id) = cache.slots[c].pop() {
+        if let Some(id) = cache.stacks[c].pop() {
             return self.pool.activate(c, id, self.me).map(Some);
         }
         if always || self.pool.has_free(c) {
             let batch = (self.limits[c] / 2).max(1);
-            let count = self.pool.take(c, self.me, batch, &mut cache.slots[c])?;
+            let ThreadCache { stacks, scratch } = cache;
+            scratch.clear();
+            let count = self.pool.take(c, self.me, batch, scratch)?;
+            for &id in scratch.iter() {
+                stacks[c].push(id);
+            }
             if always {
                 *seen = count;
             }
-            if let Some(id) = cache.slots[c].pop() {
+            if let Some(id) = stacks[c].pop() {
                 return self.pool.activate(c, id, self.me).map(Some);
             }
         }
@@ -319,20 +316,27 @@ impl Slab {
     pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let h = handle.into();
         let (c, id) = self.pool.release(&h, self.me)?;
-        let mut cache = self.cache().borrow_mut();
-        let stack = &mut cache.slots[c];
-        stack.push(id);
-        if stack.len() > self.limits[c] {
-            return self.flush(c, stack, self.limits[c] / 2);
+        // This process now owns a cached slot, so detaching must scan. A
+        // load first: the flag's line stays shared between threads.
+        if !self.owns_slots.load(Ordering::Relaxed) {
+            self.owns_slots.store(true, Ordering::Relaxed);
         }
-        Ok(())
+        let mut cache = self.cache().borrow_mut();
+        let stack = &mut cache.stacks[c];
+        let mut result = Ok(());
+        if stack.len() >= self.limits[c] {
+            result = self.flush(c, stack, self.limits[c] / 2);
+        }
+        stack.push(id);
+        result
     }
 
     /// Returns all but `keep` of a cache stack's oldest slots to the shared list.
-    fn flush(&self, c: usize, stack: &mut Vec<SlotId>, keep: usize) -> Result<()> {
+    #[cold]
+    fn flush(&self, c: usize, stack: &mut Stack, keep: usize) -> Result<()> {
         let n = stack.len().saturating_sub(keep);
-        let result = self.pool.give(c, self.me, &stack[..n]);
-        stack.drain(..n);
+        let result = self.pool.give(c, self.me, stack.oldest(n));
+        stack.drop_oldest(n);
         result
     }
 
@@ -341,7 +345,7 @@ impl Slab {
     pub fn trim(&self) -> Result<()> {
         let mut cache = self.cache().borrow_mut();
         let mut result = Ok(());
-        for (c, stack) in cache.slots.iter_mut().enumerate() {
+        for (c, stack) in cache.stacks.iter_mut().enumerate() {
             if let Err(e) = self.flush(c, stack, 0) {
                 result = Err(e);
             }
@@ -394,7 +398,7 @@ impl Slab {
     /// (for example a message it received), so the slot is freed if this
     /// process dies rather than its allocator.
     pub fn adopt(&self, handle: &SlotRef) -> Result<()> {
-        self.allocated.store(true, Ordering::Relaxed);
+        self.owns_slots.store(true, Ordering::Relaxed);
         self.pool.set_owner(handle, self.me.id)
     }
 
@@ -412,11 +416,17 @@ impl Slab {
 
 impl Drop for Slab {
     fn drop(&mut self) {
+        // Dropped by a panic: do not risk a second one (an abort). Leave the
+        // row as a dead peer's: its descriptor closes now, so the kernel
+        // drops its liveness lock and reclaim frees its slots.
+        if std::thread::panicking() {
+            return;
+        }
         let _ = peers::detach(
             &self.pool,
             self.row,
             self.me,
-            self.allocated.load(Ordering::Relaxed),
+            self.owns_slots.load(Ordering::Relaxed),
         );
     }
 }

@@ -42,17 +42,21 @@ pub struct Stats {
 impl Stats {
     /// Slots in all classes.
     pub fn total_slots(&self) -> u64 {
-        self.classes.iter().map(|c| c.slots).sum()
+        self.classes
+            .iter()
+            .fold(0, |a, c| a.saturating_add(c.slots))
     }
 
     /// Free slots in all classes.
     pub fn total_free(&self) -> u64 {
-        self.classes.iter().map(|c| c.free).sum()
+        self.classes.iter().fold(0, |a, c| a.saturating_add(c.free))
     }
 
     /// Extents in all classes.
     pub fn total_extents(&self) -> u64 {
-        self.classes.iter().map(|c| c.extents as u64).sum()
+        self.classes
+            .iter()
+            .fold(0, |a, c| a.saturating_add(c.extents as u64))
     }
 }
 
@@ -76,7 +80,7 @@ impl Slab {
         let classes = (0..pool.class_count())
             .map(|c| {
                 let n = pool.counts(c);
-                let free = n.free_listed + n.fresh;
+                let free = n.free_listed.saturating_add(n.fresh);
                 ClassStats {
                     slot_size: pool.class(c).size,
                     extents: n.extents,

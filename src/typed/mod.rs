@@ -242,7 +242,7 @@ impl Slab {
     pub fn alloc<T: Pod>(&self, value: T) -> Result<Handle<T>> {
         let c = self.class_for(size_of::<T>() as u64, align_of::<T>() as u64)?;
         let (raw, addr) = self.alloc_in(c, align_of::<T>() as u64)?;
-        self.pool.fill_new(c, addr, bytemuck::bytes_of(&value))?;
+        self.pool.fill_new(addr, bytemuck::bytes_of(&value))?;
         Ok(Handle::from_raw(raw))
     }
 
