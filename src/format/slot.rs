@@ -169,6 +169,16 @@ impl SlotRef {
         self.class as usize
     }
 
+    /// The extent of its class that the slot is in.
+    pub fn extent(&self) -> usize {
+        self.extent as usize
+    }
+
+    /// The slot's index within its extent.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
     /// The generation (life) of the slot this handle names.
     pub fn generation(&self) -> u32 {
         self.generation

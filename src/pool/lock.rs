@@ -13,12 +13,15 @@
 //! is dead, takes the word over with a CAS and is told so (`recovered`), so it
 //! can repair whatever the dead holder left half done.
 
-use crate::error::{Error, Result};
+#[cfg(not(loom))]
+use crate::error::Error;
+use crate::error::Result;
 use crate::format::{self, Geometry, peer};
 use crate::region::Memory;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, spin_hint};
 use crate::sys;
 use std::fs::File;
+#[cfg(not(loom))]
 use std::time::{Duration, Instant};
 
 /// Where a peer's liveness lock lives in the file's lock space (far past any
@@ -27,6 +30,7 @@ pub(crate) const PEER_LOCK_BASE: u64 = 1 << 60;
 
 /// A waiter gives up (as `Corrupt`) on a lock that a live process has held
 /// this long: no honest holder keeps a lock for more than milliseconds.
+#[cfg(not(loom))]
 const HOLD_LIMIT: Duration = Duration::from_secs(20);
 
 /// Who does an operation: the owner id stamped into slot metadata and the
@@ -69,7 +73,7 @@ pub(crate) enum Liveness {
     },
     /// A heap segment in tests and loom models: rows in `dead` (a bit mask)
     /// are dead, all others alive.
-    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
+    #[cfg_attr(not(test), allow(dead_code))]
     Simulated {
         /// Shared by every pool of one simulated machine.
         dead: std::sync::Arc<AtomicU64>,
@@ -77,7 +81,7 @@ pub(crate) enum Liveness {
 }
 
 impl Liveness {
-    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn simulated() -> Self {
         Liveness::Simulated {
             dead: std::sync::Arc::new(AtomicU64::new(0)),
@@ -165,7 +169,7 @@ pub(crate) fn acquire<'a, M: Memory>(
 ) -> Result<SharedGuard<'a>> {
     let local = local.lock();
     let mut spins: u32 = 0;
-    let mut started: Option<Instant> = None;
+    let mut backoff = Backoff::default();
     loop {
         let cur = word.load(Ordering::Relaxed);
         if cur == 0 {
@@ -205,25 +209,36 @@ pub(crate) fn acquire<'a, M: Memory>(
             }
             continue;
         }
-        if spins < 64 {
-            spin_hint();
-        } else {
-            #[cfg(not(loom))]
-            {
-                let t = *started.get_or_insert_with(Instant::now);
-                if t.elapsed() > HOLD_LIMIT {
-                    return Err(Error::corrupt(format!(
-                        "a shared lock has been held by live peer token {cur:#x} for over {}s",
-                        HOLD_LIMIT.as_secs()
-                    )));
-                }
-                std::thread::yield_now();
+        backoff.wait(cur)?;
+    }
+}
+
+/// How a waiter waits: spins, then yields; gives up (as `Corrupt`) on a holder
+/// that has held the lock past [`HOLD_LIMIT`]. Under loom it only yields.
+#[derive(Default)]
+struct Backoff {
+    rounds: u32,
+    #[cfg(not(loom))]
+    started: Option<Instant>,
+}
+
+impl Backoff {
+    fn wait(&mut self, holder: u64) -> Result<()> {
+        self.rounds = self.rounds.saturating_add(1);
+        #[cfg(not(loom))]
+        if self.rounds >= 64 {
+            let t = *self.started.get_or_insert_with(Instant::now);
+            if t.elapsed() > HOLD_LIMIT {
+                return Err(Error::corrupt(format!(
+                    "a shared lock has been held by live peer token {holder:#x} for over {}s",
+                    HOLD_LIMIT.as_secs()
+                )));
             }
-            #[cfg(loom)]
-            {
-                let _ = &mut started;
-                spin_hint();
-            }
+            std::thread::yield_now();
+            return Ok(());
         }
+        let _ = holder;
+        spin_hint();
+        Ok(())
     }
 }

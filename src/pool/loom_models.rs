@@ -237,3 +237,30 @@ fn loom_models_a_dead_lock_holder_is_taken_over_once() {
         assert_eq!(word.load(Ordering::Acquire), 0);
     });
 }
+
+#[test]
+fn loom_models_two_root_or_insert_on_one_name_make_one_object() {
+    use crate::error::Fingerprint;
+    use crate::typed::roots;
+    model(|| {
+        let mut ps = processes(2);
+        let (p1, o1) = ps.pop().unwrap();
+        let (p0, o0) = ps.pop().unwrap();
+        let fp = Fingerprint {
+            size: 8,
+            align: 8,
+            schema: 7,
+        };
+        let t = thread::spawn(move || {
+            roots::get_or_insert(&p1, o1, "one", fp, || alloc(&p1, o1)).unwrap()
+        });
+        let mine = roots::get_or_insert(&p0, o0, "one", fp, || alloc(&p0, o0)).unwrap();
+        let theirs = t.join().unwrap();
+        assert_eq!(mine, theirs);
+        let report = crate::check::check_pool(&p0, None).unwrap();
+        assert!(report.is_consistent(), "{:?}", report.findings);
+        let allocated: u64 = report.classes.iter().map(|c| c.allocated).sum();
+        assert_eq!(allocated, 1, "the loser allocated too");
+        assert_eq!(report.roots, 1);
+    });
+}

@@ -497,7 +497,7 @@ fn not_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
     }
 }
 
-#[cfg(any(test, loom))]
+#[cfg(test)]
 pub(crate) mod testing {
     //! Pools on one shared [`HeapRegion`](crate::HeapRegion) with simulated
     //! liveness, one pool per simulated process, for unit tests and loom.
@@ -555,6 +555,7 @@ pub(crate) mod testing {
     /// One pool (one process) with `peers` owners registered in it, as if
     /// several processes shared one process-local state. Enough for tests
     /// that do not exercise cross-process locking.
+    #[cfg(not(loom))]
     pub(crate) fn heap_pool(
         classes: &[u64],
         page: u64,

@@ -141,11 +141,17 @@ impl RegionOptions {
 
     /// Opens and maps an existing file; its current length is the region's.
     pub fn attach(&self, path: &Path) -> Result<MmapRegion> {
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; for a
+        // regular file it changes nothing we use.
         let file = OpenOptions::new()
             .read(true)
             .write(!self.read_only)
+            .custom_flags(libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| Error::io("open", path, e))?;
+        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+            return Err(invalid(path, "attach", "not a regular file"));
+        }
         let len = sys::file_len(&file).map_err(|e| Error::io("fstat", path, e))?;
         if len == 0 {
             return Err(Error::EmptyFile {

@@ -157,7 +157,7 @@ pub(crate) trait Memory: Send + Sync + 'static {
 
 /// Tests and loom models share one heap segment between several pools (one
 /// per simulated process).
-#[cfg(any(test, loom))]
+#[cfg(test)]
 impl<M: Memory> Memory for std::sync::Arc<M> {
     fn len(&self) -> u64 {
         (**self).len()

@@ -7,7 +7,7 @@
 //! memory is ever handed out, because another process could change it
 //! underneath (memmap2 #117).
 
-mod roots;
+pub(crate) mod roots;
 
 pub use roots::RootInfo;
 pub(crate) use roots::list_roots;

@@ -14,6 +14,7 @@ use super::{Handle, Schema, fingerprint_of};
 use crate::error::{Error, Fingerprint, Result};
 use crate::fault::crash_point;
 use crate::format::{self, MAX_ROOT_NAME, SlotRef, hdr, root};
+use crate::pool::Owner;
 use crate::pool::Pool;
 use crate::pool::lock::{self, SharedGuard};
 use crate::region::Memory;
@@ -87,56 +88,152 @@ pub(crate) fn list_roots<M: Memory>(pool: &Pool<M>) -> Result<Vec<RootInfo>> {
     Ok(out)
 }
 
-impl Slab {
-    fn lock_roots(&self) -> Result<SharedGuard<'_>> {
-        let pool = &self.pool;
-        let word = pool.table_word(hdr::ROOTS_LOCK)?;
-        let guard = lock::acquire(
-            &pool.mem,
-            &pool.geo,
-            &pool.liveness,
-            &pool.roots_local,
-            word,
-            self.me,
+/// Takes the roots lock as `me`. Clearing reserved entries is always right
+/// under the lock: only an insert in progress (not yet ours) or a dead one
+/// leaves them.
+fn lock_roots<M: Memory>(pool: &Pool<M>, me: Owner) -> Result<SharedGuard<'_>> {
+    let word = pool.table_word(hdr::ROOTS_LOCK)?;
+    let guard = lock::acquire(
+        &pool.mem,
+        &pool.geo,
+        &pool.liveness,
+        &pool.roots_local,
+        word,
+        me,
+    )?;
+    for i in 0..pool.geo.config.root_capacity {
+        let w = pool.table_word(pool.geo.root_entry(i) + root::STATE)?;
+        if w.load(Ordering::Acquire) == root::RESERVED {
+            w.store(root::EMPTY, Ordering::Release);
+        }
+    }
+    Ok(guard)
+}
+
+/// The ready entry named `name`, if any. Caller holds the roots lock.
+fn find<M: Memory>(pool: &Pool<M>, name: &str) -> Result<Option<(usize, Entry)>> {
+    for i in 0..pool.geo.config.root_capacity {
+        let e = read_entry(pool, i)?;
+        if e.state == root::READY && e.name == name.as_bytes() {
+            return Ok(Some((i, e)));
+        }
+    }
+    Ok(None)
+}
+
+/// The handle stored under `name` if its fingerprint is `fp`.
+fn matching(name: &str, e: &Entry, fp: Fingerprint) -> Result<SlotRef> {
+    if e.fingerprint != fp {
+        return Err(Error::TypeMismatch {
+            name: name.to_string(),
+            stored: e.fingerprint,
+            requested: fp,
+        });
+    }
+    Ok(e.handle)
+}
+
+/// Looks up `name` under the roots lock.
+pub(crate) fn get<M: Memory>(
+    pool: &Pool<M>,
+    me: Owner,
+    name: &str,
+    fp: Fingerprint,
+) -> Result<Option<SlotRef>> {
+    check_name(name)?;
+    let _guard = lock_roots(pool, me)?;
+    match find(pool, name)? {
+        Some((_, e)) => matching(name, &e, fp).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The root `name`, or, if there is none, a new one holding the slot that
+/// `alloc` makes: reserved, allocated, published ready, then handed to the
+/// segment (owner 0). All under the roots lock, so racers get one object.
+pub(crate) fn get_or_insert<M: Memory>(
+    pool: &Pool<M>,
+    me: Owner,
+    name: &str,
+    fp: Fingerprint,
+    alloc: impl FnOnce() -> Result<SlotRef>,
+) -> Result<SlotRef> {
+    check_name(name)?;
+    let _guard = lock_roots(pool, me)?;
+    if let Some((_, e)) = find(pool, name)? {
+        return matching(name, &e, fp);
+    }
+    let geo = &pool.geo;
+    let slot = (0..geo.config.root_capacity)
+        .find(|&i| matches!(read_entry(pool, i), Ok(e) if e.state == root::EMPTY))
+        .ok_or(Error::RootTableFull {
+            capacity: geo.config.root_capacity,
+        })?;
+    let base = geo.root_entry(slot);
+    let w = |off: u64, v: u64| -> Result<()> {
+        pool.table_word(base + off)?.store(v, Ordering::Relaxed);
+        Ok(())
+    };
+    let mut padded = [0u8; MAX_ROOT_NAME];
+    padded[..name.len()].copy_from_slice(name.as_bytes());
+    for (k, chunk) in padded.chunks_exact(8).enumerate() {
+        w(
+            root::NAME + 8 * k as u64,
+            u64::from_ne_bytes(chunk.try_into().expect("8")),
         )?;
-        // Clearing reserved entries is always right under the lock: only an
-        // insert in progress (ours, not yet) or a dead one leaves them.
-        for i in 0..pool.geo.config.root_capacity {
-            let w = pool.table_word(pool.geo.root_entry(i) + root::STATE)?;
-            if w.load(Ordering::Acquire) == root::RESERVED {
-                w.store(root::EMPTY, Ordering::Release);
-            }
+    }
+    w(root::NAME_LEN, name.len() as u64)?;
+    w(root::FP_SIZE, fp.size)?;
+    w(root::FP_ALIGN, fp.align)?;
+    w(root::FP_SCHEMA, fp.schema)?;
+    let state = pool.table_word(base + root::STATE)?;
+    state.store(root::RESERVED, Ordering::Release);
+    crash_point("root.reserved");
+    let handle = match alloc() {
+        Ok(h) => h,
+        Err(e) => {
+            state.store(root::EMPTY, Ordering::Release);
+            return Err(e);
         }
-        Ok(guard)
-    }
+    };
+    let [lo, hi] = handle.to_words();
+    w(root::HANDLE, lo)?;
+    w(root::HANDLE + 8, hi)?;
+    state.store(root::READY, Ordering::Release);
+    crash_point("root.published");
+    pool.set_owner(&handle, 0)?;
+    Ok(handle)
+}
 
-    fn read_entry(&self, i: usize) -> Result<Entry> {
-        read_entry(&self.pool, i)
+/// Removes the root `name` under the roots lock, calling `free` on its
+/// handle first. Returns whether there was one.
+pub(crate) fn remove<M: Memory>(
+    pool: &Pool<M>,
+    me: Owner,
+    name: &str,
+    free: impl FnOnce(SlotRef) -> Result<()>,
+) -> Result<bool> {
+    check_name(name)?;
+    let _guard = lock_roots(pool, me)?;
+    let Some((i, e)) = find(pool, name)? else {
+        return Ok(false);
+    };
+    // Free first: a crash between the two leaves a root whose handle is
+    // stale (reported as such), never a leaked object.
+    match free(e.handle) {
+        Ok(())
+        | Err(Error::StaleHandle { .. })
+        | Err(Error::DoubleFree)
+        | Err(Error::InvalidHandle { .. })
+        | Err(Error::ForeignHandle { .. }) => {}
+        Err(other) => return Err(other),
     }
+    pool.table_word(pool.geo.root_entry(i) + root::STATE)?
+        .store(root::EMPTY, Ordering::Release);
+    Ok(true)
+}
 
-    /// The ready entry named `name`, if any. Caller holds the roots lock.
-    fn find_root(&self, name: &str) -> Result<Option<(usize, Entry)>> {
-        for i in 0..self.pool.geo.config.root_capacity {
-            let e = self.read_entry(i)?;
-            if e.state == root::READY && e.name == name.as_bytes() {
-                return Ok(Some((i, e)));
-            }
-        }
-        Ok(None)
-    }
-
-    fn typed_root<T: Schema>(name: &str, e: &Entry) -> Result<Handle<T>> {
-        let want = fingerprint_of::<T>();
-        if e.fingerprint != want {
-            return Err(Error::TypeMismatch {
-                name: name.to_string(),
-                stored: e.fingerprint,
-                requested: want,
-            });
-        }
-        Ok(Handle::from_raw(e.handle))
-    }
-
+impl Slab {
     /// The handle stored under `name`, if there is one. A root of another
     /// type is [`Error::TypeMismatch`].
     ///
@@ -150,12 +247,7 @@ impl Slab {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn root<T: Schema>(&self, name: &str) -> Result<Option<Handle<T>>> {
-        check_name(name)?;
-        let _guard = self.lock_roots()?;
-        match self.find_root(name)? {
-            Some((_, e)) => Self::typed_root(name, &e).map(Some),
-            None => Ok(None),
-        }
+        Ok(get(&self.pool, self.me, name, fingerprint_of::<T>())?.map(Handle::from_raw))
     }
 
     /// The handle under `name`; if there is none, allocates `init`, stores it
@@ -173,85 +265,21 @@ impl Slab {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn root_or_insert<T: Schema>(&self, name: &str, init: T) -> Result<Handle<T>> {
-        check_name(name)?;
-        let _guard = self.lock_roots()?;
-        if let Some((_, e)) = self.find_root(name)? {
-            return Self::typed_root(name, &e);
-        }
-        let geo = &self.pool.geo;
-        let slot = (0..geo.config.root_capacity)
-            .find(|&i| matches!(self.read_entry(i), Ok(e) if e.state == root::EMPTY))
-            .ok_or(Error::RootTableFull {
-                capacity: geo.config.root_capacity,
-            })?;
-        let base = geo.root_entry(slot);
-        let w = |off: u64, v: u64| -> Result<()> {
-            self.pool
-                .table_word(base + off)?
-                .store(v, Ordering::Relaxed);
-            Ok(())
-        };
-        let mut padded = [0u8; MAX_ROOT_NAME];
-        padded[..name.len()].copy_from_slice(name.as_bytes());
-        for (k, chunk) in padded.chunks_exact(8).enumerate() {
-            w(
-                root::NAME + 8 * k as u64,
-                u64::from_ne_bytes(chunk.try_into().expect("8")),
-            )?;
-        }
-        let fp = fingerprint_of::<T>();
-        w(root::NAME_LEN, name.len() as u64)?;
-        w(root::FP_SIZE, fp.size)?;
-        w(root::FP_ALIGN, fp.align)?;
-        w(root::FP_SCHEMA, fp.schema)?;
-        self.pool
-            .table_word(base + root::STATE)?
-            .store(root::RESERVED, Ordering::Release);
-        crash_point("root.reserved");
-        let handle = match self.alloc(init) {
-            Ok(h) => h,
-            Err(e) => {
-                self.pool
-                    .table_word(base + root::STATE)?
-                    .store(root::EMPTY, Ordering::Release);
-                return Err(e);
-            }
-        };
-        let [lo, hi] = handle.raw().to_words();
-        w(root::HANDLE, lo)?;
-        w(root::HANDLE + 8, hi)?;
-        self.pool
-            .table_word(base + root::STATE)?
-            .store(root::READY, Ordering::Release);
-        crash_point("root.published");
-        self.persist(&handle.raw())?;
-        Ok(handle)
+        let raw = get_or_insert(&self.pool, self.me, name, fingerprint_of::<T>(), || {
+            Ok(self.alloc(init)?.raw())
+        })?;
+        Ok(Handle::from_raw(raw))
     }
 
     /// Removes the root `name` and frees its object. Returns whether there
     /// was one.
     pub fn remove_root(&self, name: &str) -> Result<bool> {
-        check_name(name)?;
-        let _guard = self.lock_roots()?;
-        let Some((i, e)) = self.find_root(name)? else {
-            return Ok(false);
-        };
-        // Free first: a crash between the two leaves a root whose handle is
-        // stale (reported as such), never a leaked object.
-        match self.free(e.handle) {
-            Ok(()) | Err(Error::StaleHandle { .. }) | Err(Error::DoubleFree) => {}
-            Err(Error::InvalidHandle { .. }) | Err(Error::ForeignHandle { .. }) => {}
-            Err(other) => return Err(other),
-        }
-        self.pool
-            .table_word(self.pool.geo.root_entry(i) + root::STATE)?
-            .store(root::EMPTY, Ordering::Release);
-        Ok(true)
+        remove(&self.pool, self.me, name, |h| self.free(h))
     }
 
     /// Every named root.
     pub fn roots(&self) -> Result<Vec<RootInfo>> {
-        let _guard = self.lock_roots()?;
+        let _guard = lock_roots(&self.pool, self.me)?;
         list_roots(&self.pool)
     }
 }
