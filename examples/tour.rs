@@ -10,7 +10,8 @@
 //! 2. a *crasher* that allocates buffers and is killed with SIGKILL, so the
 //!    parent can show `reclaim_dead` freeing exactly what it held.
 //!
-//! Run: `cargo run --release --example tour`
+//! Run: `cargo run --release --example tour` (add `-- --keep PATH` to keep
+//! the segment file for `shmslab inspect`).
 
 use shmslab::bytemuck::{Pod, Zeroable};
 use shmslab::{Handle, Schema, Slab};
@@ -111,9 +112,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => {}
     }
     let started = Instant::now();
+    // `--keep PATH` leaves the segment at PATH afterwards, for `shmslab inspect`.
+    let keep = match args.get(1).map(String::as_str) {
+        Some("--keep") => Some(std::path::PathBuf::from(
+            args.get(2).ok_or("--keep needs a path")?,
+        )),
+        _ => None,
+    };
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("tour.shm");
-    let slab = Slab::builder().initial_size(64 << 10).create(&path)?;
+    let path = keep.clone().unwrap_or_else(|| dir.path().join("tour.shm"));
+    let mut slab = Slab::builder()
+        .initial_size(64 << 10)
+        .replace(keep.is_some())
+        .create(&path)?;
+    if keep.is_some() {
+        slab.keep_file();
+    }
     println!("shmslab tour");
     println!(
         "  segment  {} (id {:#010x})",
@@ -241,10 +255,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &check.findings {
         println!("    {f}");
     }
-    println!(
-        "\ndone in {:.2?}; the temporary directory is removed on exit",
-        started.elapsed()
-    );
+    match keep {
+        Some(path) => println!(
+            "\ndone in {:.2?}; the segment is kept at {} (try `shmslab inspect` on it)",
+            started.elapsed(),
+            path.display()
+        ),
+        None => println!(
+            "\ndone in {:.2?}; the temporary directory is removed on exit",
+            started.elapsed()
+        ),
+    }
     Ok(())
 }
 
