@@ -25,7 +25,8 @@ pub const CRASH_POINTS: &[&str] = &[
     // roots
     "root.reserved",
     "root.published",
-    // reclaim
+    // peers
+    "register.claiming",
     "reclaim.slot_freed",
 ];
 

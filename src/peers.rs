@@ -84,6 +84,7 @@ fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Resul
         unlock_row(pool, row);
         return Ok(None);
     }
+    crash_point("register.claiming");
     let inc_w = pool.table_word(base + peer::INCARNATION)?;
     let incarnation = (inc_w.load(Ordering::Relaxed) as u32)
         .wrapping_add(1)
@@ -96,9 +97,9 @@ fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Resul
         .store(sys::process_start_time(pid).unwrap_or(0), Ordering::Relaxed);
     state.store(peer::LIVE, Ordering::Release);
     let me = Owner::new(row, incarnation);
-    if was == peer::LIVE {
-        // The dead incarnation's slots carry the same owner id as ours will:
-        // free them before we own anything.
+    if was != peer::EMPTY {
+        // A dead process's row (live, or left half claimed): its slots carry
+        // the same owner id as ours will, so free them before we own anything.
         let rooted = rooted_slots(pool)?;
         for c in 0..pool.class_count() {
             release_owned(pool, c, me, me.id, &rooted, Disposal::Reclaim)?;
@@ -256,7 +257,14 @@ pub(crate) fn reclaim_dead<M: Memory>(pool: &Pool<M>, me: (usize, Owner)) -> Res
         if !dead_row(pool, row) {
             continue;
         }
-        if state == peer::LIVE {
+        // Re-read under the row lock: another reclaimer may have emptied it.
+        if state_w.load(Ordering::Acquire) == peer::EMPTY {
+            unlock_row(pool, row);
+            continue;
+        }
+        {
+            // Live or left half claimed: either way its slots are owned by
+            // row + 1 and must be freed.
             let rooted = rooted_slots(pool)?;
             for c in 0..pool.class_count() {
                 let (freed, kept) =

@@ -448,6 +448,17 @@ impl Geometry {
                 )));
             }
         }
+        // Extent counts first, then current_size: growth stores the size
+        // before the count (both Release), so a size read after a count (both
+        // Acquire) covers every extent that count publishes.
+        let mut counts = Vec::with_capacity(geo.class_count());
+        for c in 0..geo.class_count() {
+            let count = r(geo.class_entry(c) + cls::EXTENT_COUNT)?;
+            if count > MAX_EXTENTS as u64 {
+                return Err(Error::corrupt(format!("class {c}: {count} extents")));
+            }
+            counts.push(count as usize);
+        }
         let current = r(hdr::CURRENT_SIZE)?;
         if current < geo.data_start || current % page_size != 0 {
             return Err(Error::corrupt(format!("current_size {current}")));
@@ -461,9 +472,12 @@ impl Geometry {
         // Published extents: inside [data_start, current_size), sized by the
         // growth rule, and not overlapping each other.
         let mut spans = Vec::new();
-        for c in 0..geo.class_count() {
-            for e in geo.published_extents(mem, c, current)? {
-                spans.push((e.offset, e.offset + e.bytes, c));
+        for (c, &count) in counts.iter().enumerate() {
+            let mut before = 0u64;
+            for e in 0..count {
+                let info = geo.check_extent(mem, c, e, before, current)?;
+                before += info.slots as u64;
+                spans.push((info.offset, info.offset + info.bytes, c));
             }
         }
         spans.sort_unstable();
@@ -494,28 +508,6 @@ impl Geometry {
             }
         }
         Geometry::load(mem, mem.len())
-    }
-
-    /// The published extents of `class`, each checked against `current_size`.
-    pub(crate) fn published_extents(
-        &self,
-        mem: &impl Memory,
-        class: usize,
-        current_size: u64,
-    ) -> Result<Vec<ExtentInfo>> {
-        let entry = self.class_entry(class);
-        let count = load(mem, entry + cls::EXTENT_COUNT)?;
-        if count > MAX_EXTENTS as u64 {
-            return Err(Error::corrupt(format!("class {class}: {count} extents")));
-        }
-        let mut out = Vec::with_capacity(count as usize);
-        let mut before = 0u64;
-        for e in 0..count as usize {
-            let info = self.check_extent(mem, class, e, before, current_size)?;
-            before += info.slots as u64;
-            out.push(info);
-        }
-        Ok(out)
     }
 
     /// Reads extent `extent` of `class` and checks it: page aligned, inside
