@@ -157,6 +157,15 @@ impl SlotRef {
         }
     }
 
+    /// The shape checks every use makes, in one branch: index below 2^24,
+    /// extent below 64, reserved bits zero, generation not zero.
+    #[inline(always)]
+    pub(crate) fn well_formed(&self) -> bool {
+        const _: () = assert!(MAX_EXTENTS == 64 && MAX_SLOTS_PER_EXTENT < 1 << 24);
+        (self.index >> 24) | (self.extent as u32 >> 6) | self.reserved as u32 == 0
+            && self.generation != 0
+    }
+
     pub(crate) fn slot_id(&self) -> SlotId {
         SlotId::new(
             self.extent as u32 % MAX_EXTENTS as u32,
@@ -200,6 +209,7 @@ impl SlotRef {
         bytemuck::cast(bytes)
     }
 
+    #[inline(always)]
     pub(crate) fn to_words(self) -> [u64; 2] {
         bytemuck::cast(self)
     }
@@ -227,6 +237,38 @@ mod tests {
         assert_eq!(Meta::FRESH.state(), SlotState::Fresh);
         assert!(!Meta(5).is_valid());
         assert_eq!(Meta::new(u32::MAX, SlotState::Free, 0).next_generation(), 1);
+    }
+
+    #[test]
+    fn handle_shape_checks_match_the_fields() {
+        let good = SlotRef::new(7, 3, SlotId::new(63, MAX_SLOTS_PER_EXTENT - 1), 9);
+        assert!(good.well_formed());
+        for bad in [
+            SlotRef {
+                generation: 0,
+                ..good
+            },
+            SlotRef { extent: 64, ..good },
+            SlotRef {
+                reserved: 1,
+                ..good
+            },
+            SlotRef {
+                reserved: 0x8000,
+                ..good
+            },
+            SlotRef {
+                index: 1 << 24,
+                ..good
+            },
+            SlotRef {
+                index: u32::MAX,
+                ..good
+            },
+        ] {
+            assert!(!bad.well_formed(), "{bad:?}");
+        }
+        assert!(SlotRef { class: 255, ..good }.well_formed());
     }
 
     #[test]

@@ -264,11 +264,7 @@ impl<M: Memory> Pool<M> {
         if h.segment != self.geo.segment_id {
             return Err(foreign(self.geo.segment_id, h.segment));
         }
-        // One branch for all the shape checks: index below 2^24, extent
-        // below 64, reserved bits zero, generation not zero.
-        const _: () = assert!(MAX_EXTENTS == 64 && format::MAX_SLOTS_PER_EXTENT < 1 << 24);
-        let bad = (h.index >> 24) | (h.extent as u32 >> 6) | h.reserved as u32;
-        if bad != 0 || h.generation == 0 {
+        if !h.well_formed() {
             return Err(invalid("malformed handle"));
         }
         let c = h.class as usize;
