@@ -46,6 +46,7 @@
 //! | `peers` | attached processes, liveness, reclaiming dead ones' slots |
 //! | `typed` | [`Handle<T>`], [`SliceHandle<T>`], named roots |
 //! | `slab` | [`Slab`], the front door |
+//! | `check`, `inspect` | [`Slab::check`] and the read-only [`inspect`] |
 //!
 //! The design and the byte format as built are in `docs/DESIGN.md` and
 //! `docs/FORMAT.md`.
