@@ -228,7 +228,10 @@ fn rooted_slots<M: Memory>(pool: &Pool<M>) -> Result<HashSet<(usize, u32, u32)>>
             format::load(&pool.mem, base + root::HANDLE)?,
             format::load(&pool.mem, base + root::HANDLE + 8)?,
         ]);
-        set.insert((h.class(), h.slot_id().raw(), h.generation()));
+        // A root's handle is read from the file: skip one that names no slot.
+        if h.well_formed() {
+            set.insert((h.class(), h.slot_id().raw(), h.generation()));
+        }
     }
     Ok(set)
 }

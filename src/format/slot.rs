@@ -157,12 +157,13 @@ impl SlotRef {
         }
     }
 
-    /// The shape checks every use makes, in one branch: index below 2^24,
+    /// The shape checks every use makes: index below 2^24 − 1,
     /// extent below 64, reserved bits zero, generation not zero.
     #[inline(always)]
     pub(crate) fn well_formed(&self) -> bool {
         const _: () = assert!(MAX_EXTENTS == 64 && MAX_SLOTS_PER_EXTENT < 1 << 24);
-        (self.index >> 24) | (self.extent as u32 >> 6) | self.reserved as u32 == 0
+        (self.extent as u32 >> 6) | self.reserved as u32 == 0
+            && self.index < MAX_SLOTS_PER_EXTENT
             && self.generation != 0
     }
 

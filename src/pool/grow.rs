@@ -53,10 +53,15 @@ impl<M: Memory> Pool<M> {
         }
         let known = self.refresh(c)?;
         let before: u64 = (0..known).map(|e| self.extent_slots(c, e) as u64).sum();
+        // The new extent goes after every published extent. current_size
+        // says where that is; a forged smaller one must not put the extent
+        // over live slots, so the checked extents have the last word.
+        let end = self.published_end()?;
         let offset = format::load(&self.mem, hdr::CURRENT_SIZE)?;
         if offset % self.geo.config.page_size != 0 || offset < self.geo.data_start {
             return Err(Error::corrupt(format!("current_size {offset}")));
         }
+        let offset = offset.max(end);
         let (slots, bytes) = self.extent_size(c, before, offset)?;
 
         let j = hdr::JOURNAL;
@@ -81,6 +86,15 @@ impl<M: Memory> Pool<M> {
         }
         crash_point("grow.reserved");
         self.publish_extent(c, count as usize, offset, slots, bytes)
+    }
+
+    /// The end of the last published extent of any class (all classes are
+    /// refreshed first; each new extent is checked for overlap as it is).
+    fn published_end(&self) -> Result<u64> {
+        for c in 0..self.class_count() {
+            self.refresh(c)?;
+        }
+        Ok(self.extents_end().max(self.geo.data_start))
     }
 
     /// How many slots the next extent of class `c` gets, and its bytes: what
@@ -171,7 +185,10 @@ impl<M: Memory> Pool<M> {
         let count = format::load(&self.mem, self.geo.class_entry(c) + cls::EXTENT_COUNT)?;
         let current = format::load(&self.mem, hdr::CURRENT_SIZE)?;
         let layout_ok = self.geo.extent_layout(c, slots as u32).map(|(_, b)| b) == Some(bytes);
-        if count == extent && layout_ok && offset.checked_add(bytes) == Some(current) {
+        // A journal whose extent would overlap a published one is not the
+        // growth that happened (corrupt, or already superseded): forget it.
+        let after_all = offset >= self.published_end()? && offset % self.geo.config.page_size == 0;
+        if count == extent && layout_ok && after_all && offset.checked_add(bytes) == Some(current) {
             // The size was stored but the extent not published: finish it.
             self.mem.grow_to(current)?;
             return self.publish_extent(c, extent as usize, offset, slots as u32, bytes);

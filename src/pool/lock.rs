@@ -228,13 +228,21 @@ impl Backoff {
         #[cfg(not(loom))]
         if self.rounds >= 64 {
             let t = *self.started.get_or_insert_with(Instant::now);
-            if t.elapsed() > HOLD_LIMIT {
+            let waited = t.elapsed();
+            if waited > HOLD_LIMIT {
                 return Err(Error::corrupt(format!(
                     "a shared lock has been held by live peer token {holder:#x} for over {}s",
                     HOLD_LIMIT.as_secs()
                 )));
             }
-            std::thread::yield_now();
+            // Yield while the wait is short (a holder is mid-refill); past a
+            // millisecond the holder is busy for long (a reclaim scan, or it
+            // is descheduled): sleep, up to 1 ms at a time, not burn a core.
+            if waited < Duration::from_millis(1) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep((waited / 8).min(Duration::from_millis(1)));
+            }
             return Ok(());
         }
         let _ = holder;

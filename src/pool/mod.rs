@@ -48,6 +48,30 @@ use crate::format::{
 use crate::region::Memory;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, fence};
 
+/// The byte ranges of checked extents, sorted and disjoint.
+#[derive(Debug, Default)]
+pub(crate) struct Spans {
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Spans {
+    /// Adds `[start, end)` unless it overlaps a range already there.
+    fn insert(&mut self, start: u64, end: u64) -> bool {
+        // Disjoint and sorted by start, so also sorted by end: only the last
+        // range starting before `end` can reach past `start`.
+        let i = self.ranges.partition_point(|&(s, _)| s < end);
+        if i > 0 && self.ranges[i - 1].1 > start {
+            return false;
+        }
+        self.ranges.insert(i, (start, end));
+        true
+    }
+
+    fn end(&self) -> u64 {
+        self.ranges.last().map_or(0, |&(_, e)| e)
+    }
+}
+
 /// Where one slot's metadata word and data live, and its size.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SlotAddr {
@@ -93,7 +117,9 @@ pub(crate) struct Pool<M: Memory> {
     pub(crate) geo: Geometry,
     pub(crate) liveness: Liveness,
     classes: Box<[ClassView]>,
-    refresh_local: Mutex<()>,
+    /// Serialises refreshes, and holds every extent this process has
+    /// checked (all classes), to refuse one that overlaps another.
+    refresh_local: Mutex<Spans>,
     grow_local: Mutex<()>,
     pub(crate) roots_local: Mutex<()>,
     pub(crate) reclaim_local: Mutex<()>,
@@ -133,7 +159,7 @@ impl<M: Memory> Pool<M> {
             geo,
             liveness,
             classes,
-            refresh_local: Mutex::new(()),
+            refresh_local: Mutex::new(Spans::default()),
             grow_local: Mutex::new(()),
             roots_local: Mutex::new(()),
             reclaim_local: Mutex::new(()),
@@ -186,7 +212,7 @@ impl<M: Memory> Pool<M> {
         if count > MAX_EXTENTS as u64 {
             return Err(Error::corrupt(format!("class {c} claims {count} extents")));
         }
-        let _g = self.refresh_local.lock();
+        let mut spans = self.refresh_local.lock();
         let known = cv.known.load(Ordering::Acquire);
         let current = format::load(&self.mem, hdr::CURRENT_SIZE)?;
         // The file must really hold `current` bytes before we map or touch
@@ -197,6 +223,14 @@ impl<M: Memory> Pool<M> {
             .sum();
         for e in known as usize..count as usize {
             let info = self.geo.check_extent(&self.mem, c, e, before, current)?;
+            // Another process could publish an extent over one we use; a
+            // slot would then be two slots. Refuse it.
+            if !spans.insert(info.offset, info.offset + info.bytes) {
+                return Err(Error::corrupt(format!(
+                    "class {c} extent {e} at {} overlaps another extent",
+                    info.offset
+                )));
+            }
             let view = &cv.extents[e];
             view.meta.store(info.offset, Ordering::Relaxed);
             view.data.store(info.data_offset, Ordering::Relaxed);
@@ -205,6 +239,12 @@ impl<M: Memory> Pool<M> {
             before += info.slots as u64;
         }
         Ok(count as u32)
+    }
+
+    /// The end of the last extent of any class this process has checked.
+    /// Callers that need every published extent refresh all classes first.
+    pub(crate) fn extents_end(&self) -> u64 {
+        self.refresh_local.lock().end()
     }
 
     /// Slots in extent `e` of class `c` (0 if this process has not checked it).
@@ -340,6 +380,13 @@ impl<M: Memory> Pool<M> {
             }
         }
         Err(Error::corrupt("a slot's metadata word keeps changing"))
+    }
+
+    /// The size of the live slot `h` names.
+    pub(crate) fn live_size(&self, h: &SlotRef) -> Result<u64> {
+        let (_, _, addr) = self.check_ref(h)?;
+        check_live(Meta(self.meta(addr).load(Ordering::Acquire)), h, false)?;
+        Ok(addr.size)
     }
 
     /// Checks that `len` bytes at `offset` fit the slot at `addr`.

@@ -122,8 +122,12 @@ impl<M: Memory> Pool<M> {
         let cursor = cursor_w.load(Ordering::Acquire);
         let (mut e, mut i) = ((cursor >> 32) as u32, cursor as u32);
         if e > known {
+            // Past every extent: only a scribbling peer does that. Put the
+            // cursor right after the last slot ever used, and free the
+            // never-used slots it skipped.
+            self.repair_cursor(c)?;
             return Err(Error::corrupt(format!(
-                "class {c}: fresh cursor in extent {e}"
+                "class {c}: the fresh cursor pointed at extent {e} of {known} (repaired)"
             )));
         }
         let first = out.len();
@@ -222,6 +226,25 @@ impl<M: Memory> Pool<M> {
             Ordering::Relaxed,
         );
         Ok(true)
+    }
+
+    /// Puts class `c`'s fresh cursor right after the last slot whose word is
+    /// not zero, then rebuilds the free list (which frees any zero word left
+    /// behind the cursor). Caller holds the class lock.
+    fn repair_cursor(&self, c: usize) -> Result<()> {
+        let mut last_used = None;
+        self.for_each_slot(c, |id, w| {
+            if Meta(w.load(Ordering::Acquire)) != Meta::FRESH {
+                last_used = Some(id);
+            }
+        })?;
+        let cursor = match last_used {
+            Some(id) => ((id.extent() as u64) << 32) | (id.index() as u64 + 1),
+            None => 0,
+        };
+        self.table_word(self.class(c).entry + cls::FRESH)?
+            .store(cursor, Ordering::Release);
+        self.rebuild_list(c).map(|_| ())
     }
 
     /// Rebuilds class `c`'s free list from the metadata words: every slot in

@@ -353,11 +353,10 @@ impl Slab {
         result
     }
 
-    /// The slot size of the slot a handle names.
+    /// The size of the live slot a handle names.
     #[inline]
     pub fn capacity(&self, handle: &SlotRef) -> Result<usize> {
-        let (c, _, _) = self.pool.check_ref(handle)?;
-        Ok(self.pool.class(c).size as usize)
+        self.pool.live_size(handle).map(|size| size as usize)
     }
 
     /// Copies `src` into the slot at `offset`.

@@ -351,14 +351,19 @@ impl Slab {
     }
 
     fn element_offset<T>(&self, slice: &SliceHandle<T>, index: usize) -> Result<u64> {
+        let out_of_bounds = || Error::OutOfBounds {
+            offset: index as u64,
+            len: 1,
+            capacity: slice.len,
+        };
         if index as u64 >= slice.len {
-            return Err(Error::OutOfBounds {
-                offset: index as u64,
-                len: 1,
-                capacity: slice.len,
-            });
+            return Err(out_of_bounds());
         }
-        Ok(index as u64 * size_of::<T>() as u64)
+        // The length comes from the handle, which may be forged: a product
+        // that overflows is out of bounds, not a wrapped offset.
+        (index as u64)
+            .checked_mul(size_of::<T>() as u64)
+            .ok_or_else(out_of_bounds)
     }
 
     /// Copies element `index` out of the slice.
