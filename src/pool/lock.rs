@@ -188,12 +188,12 @@ pub(crate) fn acquire<'a, M: Memory>(
         }
         spins = spins.wrapping_add(1);
         // On first sight, check the shared words for a token that cannot be
-        // live (ours — we hold the local mutex — or a stale row); every 512
-        // rounds of waiting, ask the kernel too.
-        let dead = match spins {
-            1 => cur == owner.token || liveness.token_dead(mem, geo, cur, false),
-            s if s % 512 == 0 => liveness.token_dead(mem, geo, cur, true),
-            _ => false,
+        // live (ours — we hold the local mutex — or a stale row); once the
+        // wait is long enough to matter, ask the kernel now and then.
+        let dead = if spins == 1 {
+            cur == owner.token || liveness.token_dead(mem, geo, cur, false)
+        } else {
+            backoff.time_to_ask() && liveness.token_dead(mem, geo, cur, true)
         };
         if dead {
             if word
@@ -220,9 +220,37 @@ struct Backoff {
     rounds: u32,
     #[cfg(not(loom))]
     started: Option<Instant>,
+    #[cfg(not(loom))]
+    asked: Option<Instant>,
 }
 
 impl Backoff {
+    /// Whether to ask the kernel if the holder lives (a syscall): after a
+    /// millisecond of waiting, then every two. By time, not by rounds: on a
+    /// busy machine a yield can take a millisecond, and a dead holder's lock
+    /// should not cost hundreds of them.
+    fn time_to_ask(&mut self) -> bool {
+        #[cfg(not(loom))]
+        {
+            let Some(started) = self.started else {
+                return false;
+            };
+            let now = Instant::now();
+            let due = match self.asked {
+                None => now.duration_since(started) >= Duration::from_millis(1),
+                Some(last) => now.duration_since(last) >= Duration::from_millis(2),
+            };
+            if due {
+                self.asked = Some(now);
+            }
+            due
+        }
+        #[cfg(loom)]
+        {
+            self.rounds % 512 == 511
+        }
+    }
+
     fn wait(&mut self, holder: u64) -> Result<()> {
         self.rounds = self.rounds.saturating_add(1);
         #[cfg(not(loom))]
