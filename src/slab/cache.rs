@@ -16,18 +16,32 @@ pub(crate) fn cache_limit(slot_size: u64) -> usize {
     ((256 << 10) / slot_size).clamp(2, STACK_MAX as u64) as usize
 }
 
-/// A bounded LIFO stack of slot ids.
+/// A bounded LIFO stack of slot ids, with its class's limit beside its
+/// length (one cache line holds both).
 #[derive(Debug)]
 pub(crate) struct Stack {
     len: usize,
+    limit: usize,
     ids: [SlotId; STACK_MAX],
 }
 
 impl Stack {
     const EMPTY: Stack = Stack {
         len: 0,
+        limit: STACK_MAX,
         ids: [SlotId::NIL; STACK_MAX],
     };
+
+    /// Whether the stack holds its class's limit (free must flush first).
+    #[inline(always)]
+    pub(crate) fn is_full(&self) -> bool {
+        self.len >= self.limit
+    }
+
+    /// The class's limit.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
 
     #[inline(always)]
     pub(crate) fn pop(&mut self) -> Option<SlotId> {
@@ -72,11 +86,16 @@ pub(crate) struct ThreadCache {
 }
 
 impl ThreadCache {
-    pub(crate) fn new() -> Box<Self> {
-        Box::new(ThreadCache {
+    /// A cache whose stack `c` holds at most `limits[c]` slots.
+    pub(crate) fn new(limits: &[usize]) -> Box<Self> {
+        let mut cache = Box::new(ThreadCache {
             stacks: [const { Stack::EMPTY }; MAX_CLASSES],
             scratch: Vec::with_capacity(STACK_MAX),
-        })
+        });
+        for (stack, &limit) in cache.stacks.iter_mut().zip(limits) {
+            stack.limit = limit.min(STACK_MAX);
+        }
+        cache
     }
 }
 

@@ -161,7 +161,11 @@ impl Slab {
 
     #[cold]
     fn cache_slow(&self) -> &RefCell<Box<ThreadCache>> {
-        let cache = self.caches.get_or(|| RefCell::new(ThreadCache::new()));
+        let cache = self.caches.get_or(|| {
+            // A thread with a cache can hold slots: detaching must scan.
+            self.owns_slots.store(true, Ordering::Relaxed);
+            RefCell::new(ThreadCache::new(&self.limits))
+        });
         LAST_CACHE.with(|c| {
             c.set((
                 self.uid,
@@ -256,7 +260,6 @@ impl Slab {
         first: usize,
         align: u64,
     ) -> Result<(usize, SlotId)> {
-        self.owns_slots.store(true, Ordering::Relaxed);
         // Growth can be consumed by other processes before we get a slot of
         // it; a few rounds settle that, more would mean something is wrong.
         for _ in 0..16 {
@@ -300,7 +303,7 @@ impl Slab {
             return Ok(Some(id));
         }
         if always || self.pool.has_free(c) {
-            let batch = (self.limits[c] / 2).max(1);
+            let batch = (cache.stacks[c].limit() / 2).max(1);
             let ThreadCache { stacks, scratch } = cache;
             scratch.clear();
             let count = self.pool.take(c, self.me, batch, scratch)?;
@@ -323,14 +326,9 @@ impl Slab {
     pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let h = handle.into();
         let (c, id) = self.pool.release(&h, self.me)?;
-        // This process now owns a cached slot, so detaching must scan. A
-        // load first: the flag's line stays shared between threads.
-        if !self.owns_slots.load(Ordering::Relaxed) {
-            self.owns_slots.store(true, Ordering::Relaxed);
-        }
         let mut cache = self.cache().borrow_mut();
         let stack = &mut cache.stacks[c];
-        if stack.len() >= self.limits[c] {
+        if stack.is_full() {
             return self.flush_and_push(c, stack, id);
         }
         stack.push(id);
@@ -341,7 +339,7 @@ impl Slab {
     /// push `id` (which is freed either way).
     #[cold]
     fn flush_and_push(&self, c: usize, stack: &mut Stack, id: SlotId) -> Result<()> {
-        let result = self.flush(c, stack, self.limits[c] / 2);
+        let result = self.flush(c, stack, stack.limit() / 2);
         stack.push(id);
         result
     }
