@@ -532,7 +532,9 @@ fn consistent_journal(rng: &mut XorShift, fx: &Fixture, bytes: &mut Vec<u8>) -> 
         .map(|x| x.slots)
         .sum();
     let first = get(&fx.bytes, class_entry(c) + CLS_FIRST_SLOTS) as usize;
-    let max = (before / 2).max(first).max(1);
+    // The growth rule (src/format/mod.rs, max_extent_slots): a quarter of
+    // the class so far, at least the first extent.
+    let max = (before / 4).max(first).max(1);
     let slots = if rng.below(2) == 0 {
         max
     } else {

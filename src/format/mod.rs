@@ -263,11 +263,12 @@ impl Geometry {
     }
 
     /// The largest extent `extent` may be, given the slots of the extents
-    /// before it: the first extent's size, then half the class's total so far
-    /// (so capacity grows by ×1.5 and never overshoots need by more than that).
+    /// before it: the first extent's size, then a quarter of the class's
+    /// total so far (so capacity grows by ×1.25 and never overshoots need by
+    /// more than that: every reserved byte is zeroed and mapped, used or not).
     pub(crate) fn max_extent_slots(&self, class: usize, slots_before: u64) -> u32 {
         let first = self.first_slots[class] as u64;
-        (slots_before / 2)
+        (slots_before / 4)
             .max(first)
             .min(MAX_SLOTS_PER_EXTENT as u64) as u32
     }

@@ -158,7 +158,7 @@ fn byte_access_is_bounded_by_the_slot() {
 }
 
 #[test]
-fn extents_grow_by_half_the_class_each_time() {
+fn extents_grow_by_a_quarter_of_the_class_each_time() {
     let (p, o) = pool(&[1024], 1);
     let first = p.geo.first_slots[0];
     let mut sizes = Vec::new();
@@ -171,7 +171,7 @@ fn extents_grow_by_half_the_class_each_time() {
     }
     let mut total = 0u32;
     for (e, &s) in sizes.iter().enumerate() {
-        assert_eq!(s, (total / 2).max(first), "extent {e}");
+        assert_eq!(s, (total / 4).max(first), "extent {e}");
         total += s;
     }
 }
