@@ -6,6 +6,7 @@
 //! reaches a slot id in two dependent loads from the thread's cache pointer.
 
 use crate::format::{MAX_CLASSES, SlotId};
+use std::cell::RefCell;
 
 /// Most slots one stack holds (the largest per-class limit).
 pub(crate) const STACK_MAX: usize = 256;
@@ -86,16 +87,17 @@ pub(crate) struct ThreadCache {
 }
 
 impl ThreadCache {
-    /// A cache whose stack `c` holds at most `limits[c]` slots.
-    pub(crate) fn new(limits: &[usize]) -> Box<Self> {
-        let mut cache = Box::new(ThreadCache {
+    /// A cache whose stack `c` holds at most `limits[c]` slots, in an
+    /// allocation of its own.
+    pub(crate) fn new(limits: &[usize]) -> Box<RefCell<Self>> {
+        let mut cache = ThreadCache {
             stacks: [const { Stack::EMPTY }; MAX_CLASSES],
             scratch: Vec::with_capacity(STACK_MAX),
-        });
+        };
         for (stack, &limit) in cache.stacks.iter_mut().zip(limits) {
             stack.limit = limit.min(STACK_MAX);
         }
-        cache
+        Box::new(RefCell::new(cache))
     }
 }
 
