@@ -1,0 +1,79 @@
+//! Pools on one shared [`HeapRegion`](crate::HeapRegion) with simulated
+//! liveness, one pool per simulated process, for unit tests and loom.
+
+use super::{Liveness, Owner, Pool};
+use crate::format::{Config, Geometry};
+use crate::region::HeapRegion;
+use std::sync::Arc;
+
+pub(crate) type TestPool = Pool<Arc<HeapRegion>>;
+
+/// A fresh segment with `classes`, room to grow to `capacity` bytes, and
+/// `processes` pools attached to it, each registered as a peer.
+pub(crate) fn heap_processes(
+    classes: &[u64],
+    page: u64,
+    capacity: usize,
+    processes: usize,
+) -> Vec<(TestPool, Owner)> {
+    heap_processes_capped(classes, page, capacity, processes, 0)
+}
+
+/// As [`heap_processes`], with a `max_size` (0: none).
+pub(crate) fn heap_processes_capped(
+    classes: &[u64],
+    page: u64,
+    capacity: usize,
+    processes: usize,
+    max_size: u64,
+) -> Vec<(TestPool, Owner)> {
+    let config = Config {
+        class_sizes: classes.to_vec(),
+        root_capacity: 2,
+        peer_capacity: processes.max(1) + 1,
+        page_size: page,
+        max_size,
+    };
+    let geo = Geometry::new(config, 0x5eed).expect("config");
+    let mem = Arc::new(HeapRegion::with_capacity(geo.data_start as usize, capacity));
+    geo.initialise(&mem).expect("initialise");
+    let liveness = Liveness::simulated();
+    (0..processes)
+        .map(|_| {
+            let live = match &liveness {
+                Liveness::Simulated { dead } => Liveness::Simulated { dead: dead.clone() },
+                Liveness::File { .. } => unreachable!(),
+            };
+            let geo = Geometry::load(&mem, mem.len() as u64).expect("load");
+            let pool = Pool::new(mem.clone(), geo, live).expect("pool");
+            let me = crate::peers::register(&pool).expect("register").1;
+            (pool, me)
+        })
+        .collect()
+}
+
+/// One pool (one process) with `peers` owners registered in it, as if
+/// several processes shared one process-local state. Enough for tests
+/// that do not exercise cross-process locking.
+#[cfg(not(loom))]
+pub(crate) fn heap_pool(
+    classes: &[u64],
+    page: u64,
+    capacity: usize,
+    peers: usize,
+) -> (TestPool, Vec<Owner>) {
+    let mut procs = heap_processes(classes, page, capacity, 1);
+    let (pool, first) = procs.pop().expect("one");
+    let mut owners = vec![first];
+    for _ in 1..peers {
+        owners.push(crate::peers::register(&pool).expect("register").1);
+    }
+    (pool, owners)
+}
+
+/// Marks peer `row` dead (simulated liveness, seen by every pool).
+pub(crate) fn kill(pool: &TestPool, row: usize) {
+    if let Liveness::Simulated { dead } = &pool.liveness {
+        dead.fetch_or(1 << row, crate::sync::Ordering::AcqRel);
+    }
+}
