@@ -289,7 +289,7 @@ impl<M: Memory> Pool<M> {
     }
 
     /// The metadata word of a located slot.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn meta(&self, addr: SlotAddr) -> &AtomicU64 {
         // SAFETY: `addr` came from `locate`, whose extent view was checked
         // (`check_extent`) to lie inside `current_size`, which `observe` made
@@ -299,7 +299,7 @@ impl<M: Memory> Pool<M> {
     }
 
     /// Checks that `h` names a real slot of this segment.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn check_ref(&self, h: &SlotRef) -> Result<(usize, SlotId, SlotAddr)> {
         if h.segment != self.geo.segment_id {
             return Err(foreign(self.geo.segment_id, h.segment));
@@ -343,7 +343,7 @@ impl<M: Memory> Pool<M> {
 
     /// Frees the slot `h` names into `owner`'s cache: one CAS from
     /// *allocated, generation g* to *cached by owner*. Returns the class and id.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&self, h: &SlotRef, owner: Owner) -> Result<(usize, SlotId)> {
         let (c, id, addr) = self.check_ref(h)?;
         let w = self.meta(addr);
@@ -402,7 +402,7 @@ impl<M: Memory> Pool<M> {
     /// Copies bytes out of the live slot `h` names. The generation is checked
     /// before and after the copy (the seqlock reader's rule), so a slot freed
     /// and reused under the reader is reported stale, never returned.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn read_at(&self, h: &SlotRef, offset: u64, dst: &mut [u8]) -> Result<()> {
         let (_, _, addr) = self.check_ref(h)?;
         Self::check_span(addr, offset, dst.len())?;
@@ -416,7 +416,7 @@ impl<M: Memory> Pool<M> {
     }
 
     /// Copies `src` into the live slot `h` names.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn write_at(&self, h: &SlotRef, offset: u64, src: &[u8]) -> Result<()> {
         let (_, _, addr) = self.check_ref(h)?;
         Self::check_span(addr, offset, src.len())?;
@@ -428,7 +428,7 @@ impl<M: Memory> Pool<M> {
 
     /// Writes `src` at the start of a slot just activated by this thread:
     /// nobody else can free it before its handle is returned.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn fill_new(&self, addr: SlotAddr, src: &[u8]) -> Result<()> {
         Self::check_span(addr, 0, src.len())?;
         // SAFETY: `addr` came from `activate` (a checked extent, see `meta`)
@@ -511,7 +511,7 @@ fn cache_stolen(c: usize, id: SlotId) -> Error {
 /// Checks that meta word `m` is the live allocation `h` names. A slot of the
 /// handle's generation that is no longer allocated is a double free when
 /// `freeing`, and stale otherwise.
-#[inline]
+#[inline(always)]
 fn check_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
     if m.is_live(h.generation) {
         return Ok(());

@@ -326,7 +326,7 @@ impl Slab {
     /// handle succeeds; the other gets [`Error::DoubleFree`]. A handle from an
     /// earlier life of the slot gets [`Error::StaleHandle`], one that names no
     /// slot [`Error::InvalidHandle`].
-    #[inline]
+    #[inline(always)]
     pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let h = handle.into();
         let (c, id) = self.pool.release(&h, self.me)?;
@@ -377,14 +377,14 @@ impl Slab {
     }
 
     /// Copies `src` into the slot at `offset`.
-    #[inline]
+    #[inline(always)]
     pub fn write_bytes(&self, handle: &SlotRef, offset: usize, src: &[u8]) -> Result<()> {
         self.pool.write_at(handle, offset as u64, src)
     }
 
     /// Copies bytes of the slot from `offset` into `dst`. If the slot is
     /// freed or reused during the copy, the result is `StaleHandle`.
-    #[inline]
+    #[inline(always)]
     pub fn read_bytes(&self, handle: &SlotRef, offset: usize, dst: &mut [u8]) -> Result<()> {
         self.pool.read_at(handle, offset as u64, dst)
     }

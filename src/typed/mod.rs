@@ -238,7 +238,7 @@ impl Slab {
     /// assert_eq!(slab.read(h)?, [1, 2, 3]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn alloc<T: Pod>(&self, value: T) -> Result<Handle<T>> {
         let c = self.class_for(size_of::<T>() as u64, align_of::<T>() as u64)?;
         let (raw, addr) = self.alloc_in(c, align_of::<T>() as u64)?;
@@ -288,7 +288,7 @@ impl Slab {
     /// assert!(matches!(slab.read(h), Err(shmslab::Error::StaleHandle { .. })));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn read<T: Pod>(&self, handle: Handle<T>) -> Result<T> {
         let mut value = T::zeroed();
         self.pool
@@ -307,7 +307,7 @@ impl Slab {
     /// assert_eq!(slab.read(h)?, 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn write<T: Pod>(&self, handle: Handle<T>, value: T) -> Result<()> {
         self.pool
             .write_at(&handle.raw, 0, bytemuck::bytes_of(&value))
