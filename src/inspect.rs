@@ -8,7 +8,7 @@
 //! exact.
 
 use crate::check::{self, ClassCheck, Finding};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::{self, FORMAT_VERSION, Geometry, hdr};
 use crate::peers;
 use crate::pool::{Liveness, Pool};
@@ -92,11 +92,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
     let region = RegionOptions::new().read_only(true).attach(path)?;
     let file_size = region.len() as u64;
     let geo = Geometry::load_live(&region)?;
-    let file = region
-        .file()
-        .try_clone()
-        .map_err(|e| Error::io("dup", path, e))?;
-    let pool = Pool::new(region, geo, Liveness::File { file })?;
+    let pool = Pool::new(region, geo, Liveness::File)?;
     let report = check::check_pool(&pool, None)?;
     let load = |off| format::load(&pool.mem, off).unwrap_or(0);
     let peers = peers::list(&pool, None)?

@@ -94,7 +94,7 @@ fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Resul
     pool.table_word(base + peer::PID)?
         .store(pid as u64, Ordering::Relaxed);
     pool.table_word(base + peer::START_TIME)?
-        .store(sys::process_start_time(pid).unwrap_or(0), Ordering::Relaxed);
+        .store(sys::own_start_time(pid).unwrap_or(0), Ordering::Relaxed);
     state.store(peer::LIVE, Ordering::Release);
     let me = Owner::new(row, incarnation);
     if was != peer::EMPTY {
@@ -112,7 +112,7 @@ fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Resul
 /// File-backed rows are dead exactly when we could take their lock.
 fn dead_row<M: Memory>(pool: &Pool<M>, row: usize) -> bool {
     match pool.liveness {
-        Liveness::File { .. } => true,
+        Liveness::File => true,
         Liveness::Simulated { .. } => !pool.liveness.row_alive(&pool.mem, &pool.geo, row),
     }
 }
@@ -121,7 +121,12 @@ fn dead_row<M: Memory>(pool: &Pool<M>, row: usize) -> bool {
 /// process holds it.
 fn lock_row<M: Memory>(pool: &Pool<M>, row: usize) -> Result<bool> {
     match &pool.liveness {
-        Liveness::File { file } => match sys::ofd_try_lock(file, PEER_LOCK_BASE + row as u64) {
+        Liveness::File => match pool
+            .mem
+            .lock_file()
+            .map(|file| sys::ofd_try_lock(file, PEER_LOCK_BASE + row as u64))
+            .unwrap_or(Ok(sys::TryLock::Acquired))
+        {
             Ok(sys::TryLock::Acquired) => Ok(true),
             Ok(sys::TryLock::Busy) => Ok(false),
             Err(e) => Err(Error::io("lock peer row", "", e)),
@@ -131,7 +136,7 @@ fn lock_row<M: Memory>(pool: &Pool<M>, row: usize) -> Result<bool> {
 }
 
 fn unlock_row<M: Memory>(pool: &Pool<M>, row: usize) {
-    if let Liveness::File { file } = &pool.liveness {
+    if let (Liveness::File, Some(file)) = (&pool.liveness, pool.mem.lock_file()) {
         let _ = sys::ofd_unlock(file, PEER_LOCK_BASE + row as u64);
     }
 }

@@ -51,12 +51,6 @@ pub(crate) fn file_len(file: &impl AsFd) -> io::Result<u64> {
     Ok(rustix::fs::fstat(file)?.st_size as u64)
 }
 
-/// Identity of a file: device and inode.
-pub(crate) fn file_identity(file: &impl AsFd) -> io::Result<(u64, u64)> {
-    let st = rustix::fs::fstat(file)?;
-    Ok((st.st_dev, st.st_ino))
-}
-
 /// The system page size.
 pub(crate) fn page_size() -> u64 {
     rustix::param::page_size() as u64
@@ -138,6 +132,22 @@ pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     // rest starts with field 3 (state); starttime is field 22.
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The start time of this process, whose pid is `pid` (the caller has it),
+/// read once per process (a forked child has another pid and reads its own).
+pub(crate) fn own_start_time(pid: u32) -> Option<u64> {
+    use std::sync::Mutex;
+    static CACHED: Mutex<Option<(u32, Option<u64>)>> = Mutex::new(None);
+    let mut cached = CACHED.lock().unwrap_or_else(|e| e.into_inner());
+    match *cached {
+        Some((p, t)) if p == pid => t,
+        _ => {
+            let t = process_start_time(pid);
+            *cached = Some((pid, t));
+            t
+        }
+    }
 }
 
 /// Whether process `pid` that started at `start_time` still exists.

@@ -216,6 +216,12 @@ pub(crate) struct Geometry {
     pub peer_table: u64,
     pub data_start: u64,
     pub first_slots: Vec<u32>,
+    /// The published extents of each class as `load` checked them (empty
+    /// for a new segment), so a pool can start from them without checking
+    /// them twice.
+    pub extents: Vec<Vec<ExtentInfo>>,
+    /// Their byte ranges, sorted and disjoint.
+    pub spans: Vec<(u64, u64)>,
 }
 
 impl Geometry {
@@ -239,6 +245,8 @@ impl Geometry {
             peer_table,
             data_start,
             first_slots,
+            extents: Vec::new(),
+            spans: Vec::new(),
         })
     }
 
@@ -473,15 +481,19 @@ impl Geometry {
         // Published extents: inside [data_start, current_size), sized by the
         // growth rule, and not overlapping each other.
         let mut spans = Vec::new();
+        let mut extents = Vec::with_capacity(counts.len());
         for (c, &count) in counts.iter().enumerate() {
             let mut before = 0u64;
+            let mut checked = Vec::with_capacity(count);
             for e in 0..count {
                 let info = geo.check_extent(mem, c, e, before, current)?;
                 before += info.slots as u64;
                 spans.push((info.offset, info.offset + info.bytes, c));
+                checked.push(info);
             }
+            extents.push(checked);
         }
-        spans.sort_unstable();
+        spans.sort_unstable_by_key(|&(start, _, _)| start);
         for pair in spans.windows(2) {
             if pair[0].1 > pair[1].0 {
                 return Err(Error::corrupt(format!(
@@ -490,6 +502,12 @@ impl Geometry {
                 )));
             }
         }
+        let mut geo = geo;
+        geo.extents = extents;
+        geo.spans = spans
+            .into_iter()
+            .map(|(start, end, _)| (start, end))
+            .collect();
         Ok(geo)
     }
 

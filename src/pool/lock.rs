@@ -20,7 +20,6 @@ use crate::format::{self, Geometry, peer};
 use crate::region::Memory;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, spin_hint};
 use crate::sys;
-use std::fs::File;
 #[cfg(not(loom))]
 use std::time::{Duration, Instant};
 
@@ -66,11 +65,9 @@ pub(crate) enum Liveness {
     /// OFD locks are unsupported).
     ///
     /// Our own row reads as dead here (our lock does not conflict with
-    /// itself); callers skip it.
-    File {
-        /// Our own open file description of the segment.
-        file: File,
-    },
+    /// itself); callers skip it. The locks are taken on the segment's own
+    /// open file description (`Memory::lock_file`).
+    File,
     /// A heap segment in tests and loom models: rows in `dead` (a bit mask)
     /// are dead, all others alive.
     #[cfg_attr(not(test), allow(dead_code))]
@@ -94,7 +91,10 @@ impl Liveness {
             Liveness::Simulated { dead } => {
                 row >= 64 || dead.load(Ordering::Acquire) & (1 << row) == 0
             }
-            Liveness::File { file } => {
+            Liveness::File => {
+                let Some(file) = mem.lock_file() else {
+                    return true;
+                };
                 match sys::ofd_is_locked(file, PEER_LOCK_BASE + row as u64) {
                     Ok(locked) => locked,
                     Err(_) => {

@@ -135,7 +135,11 @@ impl<M: Memory> std::fmt::Debug for Pool<M> {
 
 impl<M: Memory> Pool<M> {
     /// A pool over a segment whose header `geo` was created or checked.
-    pub(crate) fn new(mem: M, geo: Geometry, liveness: Liveness) -> Result<Self> {
+    pub(crate) fn new(mem: M, mut geo: Geometry, liveness: Liveness) -> Result<Self> {
+        let checked = std::mem::take(&mut geo.extents);
+        let spans = Spans {
+            ranges: std::mem::take(&mut geo.spans),
+        };
         let classes = geo
             .config
             .class_sizes
@@ -159,11 +163,23 @@ impl<M: Memory> Pool<M> {
             geo,
             liveness,
             classes,
-            refresh_local: Mutex::new(Spans::default()),
+            refresh_local: Mutex::new(spans),
             grow_local: Mutex::new(()),
             roots_local: Mutex::new(()),
             reclaim_local: Mutex::new(()),
         };
+        // Start from the extents (and their sorted, disjoint ranges) that
+        // `Geometry::load` checked, then load anything published since.
+        for (c, infos) in checked.iter().enumerate().take(pool.classes.len()) {
+            let cv = &pool.classes[c];
+            for (e, info) in infos.iter().enumerate().take(MAX_EXTENTS) {
+                let view = &cv.extents[e];
+                view.meta.store(info.offset, Ordering::Relaxed);
+                view.data.store(info.data_offset, Ordering::Relaxed);
+                view.slots.store(info.slots, Ordering::Relaxed);
+                cv.known.store(e as u32 + 1, Ordering::Release);
+            }
+        }
         for c in 0..pool.classes.len() {
             pool.refresh(c)?;
         }

@@ -121,7 +121,15 @@ impl RegionOptions {
                 .map_err(|e| Error::io("chmod", path, e))?;
             sys::reserve_space(&file, 0, size as u64)
                 .map_err(|e| Error::io("fallocate", path, e))?;
-            MmapRegion::map(file, path.to_path_buf(), size as u64, self.reserve, false)
+            let meta = file.metadata().map_err(|e| Error::io("fstat", path, e))?;
+            MmapRegion::map(
+                file,
+                path.to_path_buf(),
+                &meta,
+                size as u64,
+                self.reserve,
+                false,
+            )
         })();
         let mut region = match made {
             Ok(region) => region,
@@ -149,16 +157,25 @@ impl RegionOptions {
             .custom_flags(libc::O_NONBLOCK)
             .open(path)
             .map_err(|e| Error::io("open", path, e))?;
-        if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
+        // One fstat answers all three questions: a regular file, how long,
+        // and which (for cleanup).
+        let meta = file.metadata().map_err(|e| Error::io("fstat", path, e))?;
+        if !meta.is_file() {
             return Err(invalid(path, "attach", "not a regular file"));
         }
-        let len = sys::file_len(&file).map_err(|e| Error::io("fstat", path, e))?;
-        if len == 0 {
+        if meta.len() == 0 {
             return Err(Error::EmptyFile {
                 path: path.to_path_buf(),
             });
         }
-        MmapRegion::map(file, path.to_path_buf(), len, self.reserve, self.read_only)
+        MmapRegion::map(
+            file,
+            path.to_path_buf(),
+            &meta,
+            meta.len(),
+            self.reserve,
+            self.read_only,
+        )
     }
 
     /// Maps `size` bytes of the file behind `fd`, for example one received
@@ -172,16 +189,19 @@ impl RegionOptions {
                 "size must be greater than zero",
             ));
         }
-        let len = sys::file_len(&file).map_err(|e| Error::io("fstat", PathBuf::new(), e))?;
-        if len < size as u64 {
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("fstat", PathBuf::new(), e))?;
+        if meta.len() < size as u64 {
             return Err(Error::Truncated {
                 expected: size as u64,
-                actual: len,
+                actual: meta.len(),
             });
         }
         MmapRegion::map(
             file,
             PathBuf::new(),
+            &meta,
             size as u64,
             self.reserve,
             self.read_only,
@@ -256,8 +276,16 @@ impl MmapRegion {
         RegionOptions::new().attach_fd(fd, size)
     }
 
-    fn map(file: File, path: PathBuf, len: u64, reserve: u64, read_only: bool) -> Result<Self> {
-        let identity = sys::file_identity(&file).map_err(|e| Error::io("fstat", &path, e))?;
+    fn map(
+        file: File,
+        path: PathBuf,
+        meta: &std::fs::Metadata,
+        len: u64,
+        reserve: u64,
+        read_only: bool,
+    ) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let identity = (meta.dev(), meta.ino());
         let map_len = len.max(reserve);
         let map = map_raw(&file, map_len, read_only).map_err(|e| Error::io("mmap", &path, e))?;
         let base = map.as_mut_ptr();
@@ -388,6 +416,10 @@ fn map_raw(file: &File, len: u64, read_only: bool) -> io::Result<MmapRaw> {
 }
 
 impl Memory for MmapRegion {
+    fn lock_file(&self) -> Option<&File> {
+        Some(&self.file)
+    }
+
     #[inline]
     fn len(&self) -> u64 {
         self.len.load(Ordering::Acquire)

@@ -145,6 +145,12 @@ pub(crate) trait Memory: Send + Sync + 'static {
     /// size in the header can never lead to a touch past the end of the file.
     fn observe(&self, min_len: u64) -> Result<()>;
 
+    /// The open file description this process's liveness lock lives on
+    /// (its own, never one shared with another process), if any.
+    fn lock_file(&self) -> Option<&std::fs::File> {
+        None
+    }
+
     /// The bounds-checked word at `offset`, or `None`.
     fn checked_word(&self, offset: u64) -> Option<&AtomicU64> {
         if offset % 8 != 0 || offset.checked_add(8)? > self.len() {
@@ -179,5 +185,8 @@ impl<M: Memory> Memory for std::sync::Arc<M> {
     }
     fn observe(&self, min_len: u64) -> Result<()> {
         (**self).observe(min_len)
+    }
+    fn lock_file(&self) -> Option<&std::fs::File> {
+        (**self).lock_file()
     }
 }

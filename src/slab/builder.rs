@@ -4,7 +4,7 @@ use super::Slab;
 use crate::error::{Error, Result};
 use crate::format::{Config, Geometry, MAX_CLASSES};
 use crate::pool::{Liveness, Pool};
-use crate::region::{FileCleanup, MmapRegion, RegionOptions};
+use crate::region::{FileCleanup, RegionOptions};
 use crate::sys;
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -168,20 +168,8 @@ impl SlabBuilder {
             .reserve(reserve)
             .create(path, size as usize, self.cleanup)?;
         geo.initialise(&region)?;
-        let liveness = own_description(&region, path)?;
-        Slab::open(Pool::new(region, geo, liveness)?)
+        Slab::open(Pool::new(region, geo, Liveness::File)?)
     }
-}
-
-/// A file description of our own for the liveness lock. A region opened by
-/// path already has one; a descriptor received from elsewhere shares the
-/// sender's, so it is reopened through `/proc/self/fd`.
-pub(crate) fn own_description(region: &MmapRegion, path: &Path) -> Result<Liveness> {
-    let file = region
-        .file()
-        .try_clone()
-        .map_err(|e| Error::io("dup", path, e))?;
-    Ok(Liveness::File { file })
 }
 
 impl Slab {
@@ -201,26 +189,31 @@ impl Slab {
         let path = path.as_ref();
         let region = RegionOptions::new().reserve(DEFAULT_RESERVE).attach(path)?;
         let geo = Geometry::load_live(&region)?;
-        let liveness = own_description(&region, path)?;
-        Slab::open(Pool::new(region, geo, liveness)?)
+        Slab::open(Pool::new(region, geo, Liveness::File)?)
     }
 
     /// Attaches through a descriptor (for example one received over
     /// `SCM_RIGHTS`, or inherited from a parent). The file is reopened
     /// through `/proc/self/fd` so this process's liveness lock is its own.
     pub fn attach_fd(fd: OwnedFd) -> Result<Slab> {
-        let len = sys::file_len(&fd).map_err(|e| Error::io("fstat", "", e))?;
+        // A descriptor received from another process shares that process's
+        // open file description, and with it its OFD locks: map a
+        // description of our own instead, and let the received one go.
+        let own: OwnedFd = sys::reopen(&fd)
+            .map_err(|e| Error::io("reopen /proc/self/fd", "", e))?
+            .into();
+        drop(fd);
+        let len = sys::file_len(&own).map_err(|e| Error::io("fstat", "", e))?;
         if len == 0 {
             return Err(Error::EmptyFile {
                 path: Default::default(),
             });
         }
-        let own = sys::reopen(&fd).map_err(|e| Error::io("reopen /proc/self/fd", "", e))?;
         let region = RegionOptions::new()
             .reserve(DEFAULT_RESERVE)
-            .attach_fd(fd, len as usize)?;
+            .attach_fd(own, len as usize)?;
         let geo = Geometry::load_live(&region)?;
-        Slab::open(Pool::new(region, geo, Liveness::File { file: own })?)
+        Slab::open(Pool::new(region, geo, Liveness::File)?)
     }
 }
 

@@ -93,9 +93,17 @@ impl Slab {
             .map(|c| cache_limit(pool.class(c).size))
             .collect();
         let sizes = &pool.geo.config.class_sizes;
-        let small_classes = (0..=SMALL_SIZES / 16)
-            .map_while(|k| sizes.iter().position(|&s| s >= k * 16).map(|c| c as u8))
-            .collect();
+        let mut small_classes = Vec::new();
+        let mut c = 0;
+        for k in 0..=SMALL_SIZES / 16 {
+            while c < sizes.len() && sizes[c] < k * 16 {
+                c += 1;
+            }
+            if c == sizes.len() {
+                break;
+            }
+            small_classes.push(c as u8);
+        }
         Ok(Slab {
             pool,
             row,
@@ -103,7 +111,7 @@ impl Slab {
             uid: crate::sync::next_instance_id(),
             caches: ThreadLocal::new(),
             limits,
-            small_classes,
+            small_classes: small_classes.into_boxed_slice(),
             owns_slots: AtomicBool::new(false),
         })
     }
