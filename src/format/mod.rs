@@ -480,7 +480,7 @@ impl Geometry {
         }
         // Published extents: inside [data_start, current_size), sized by the
         // growth rule, and not overlapping each other.
-        let mut spans = Vec::new();
+        let mut spans = Vec::with_capacity(counts.iter().sum());
         let mut extents = Vec::with_capacity(counts.len());
         for (c, &count) in counts.iter().enumerate() {
             let mut before = 0u64;

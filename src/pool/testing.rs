@@ -42,7 +42,7 @@ pub(crate) fn heap_processes_capped(
         .map(|_| {
             let live = match &liveness {
                 Liveness::Simulated { dead } => Liveness::Simulated { dead: dead.clone() },
-                Liveness::File { .. } => unreachable!(),
+                Liveness::File => unreachable!(),
             };
             let geo = Geometry::load(&mem, mem.len() as u64).expect("load");
             let pool = Pool::new(mem.clone(), geo, live).expect("pool");
