@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${PROFILE_OUT:-${CARGO_TARGET_DIR:-target}/profile}
 mkdir -p "$out"
-bin=$(cargo bench --no-run --bench workloads 2>&1 | grep -o '/[^ ()]*/workloads-[0-9a-f]*' | tail -1)
+bin=$(cargo bench --no-run --bench workloads 2>&1 | grep -o '[^ ()]*/workloads-[0-9a-f]*' | tail -1)
 [ -x "$bin" ] || { echo "bench binary not found" >&2; exit 1; }
 if [ $# -eq 0 ]; then
   set -- w1/shmslab w2/shmslab w3/shmslab w4/shmslab w5/shmslab attach/shmslab
