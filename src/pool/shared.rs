@@ -148,14 +148,13 @@ impl<M: Memory> Pool<M> {
             let w = self.meta(self.locate(c, id)?);
             // Only a zero word is fresh; anything else was written by a peer
             // that should not have, and is left to whoever its word names.
-            if w.compare_exchange(
-                Meta::FRESH.0,
-                Meta::new(0, SlotState::Cached, owner.id).0,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            )
-            .is_ok()
-            {
+            // A store suffices: under the class lock nobody else may write a
+            // fresh word (a free's CAS expects *allocated*).
+            if Meta(w.load(Ordering::Acquire)) == Meta::FRESH {
+                w.store(
+                    Meta::new(0, SlotState::Cached, owner.id).0,
+                    Ordering::Relaxed,
+                );
                 out[kept] = id;
                 kept += 1;
             }
