@@ -78,17 +78,6 @@ const TEST: &str = "corrupted_segments_give_typed_results_without_panics_signals
 // The populated fixture.
 // ---------------------------------------------------------------------------
 
-/// The bytes a slot is stamped with: a stream from `key`.
-fn stamp(len: usize, key: u64) -> Vec<u8> {
-    let mut rng = XorShift::new(key);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next_u64().to_ne_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn handle_key(h: &SlotRef) -> u64 {
     let b = h.to_bytes();
     u64::from_ne_bytes(b[4..12].try_into().unwrap()) ^ ((h.class() as u64) << 56)

@@ -85,16 +85,6 @@ fn make(
     SlotRef::from_bytes(b)
 }
 
-fn stamp(len: usize, key: u64) -> Vec<u8> {
-    let mut rng = XorShift::new(key);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next_u64().to_ne_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn pick<T: Copy>(rng: &mut XorShift, v: &[T]) -> T {
     v[rng.below(v.len() as u64) as usize]
 }

@@ -27,16 +27,6 @@ const CLASSES: [u64; 3] = [64, 1024, 16384];
 const FILL_ROLE: &str = "fill-until-growth-fails";
 const REATTACH_ROLE: &str = "attach-after-growth-failed";
 
-fn stamp(len: usize, key: u64) -> Vec<u8> {
-    let mut rng = XorShift::new(key);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next_u64().to_ne_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// A growth failure that is acceptable: no space, file too large, or the
 /// segment's own cap.
 fn clean_growth_error(e: &Error) -> bool {

@@ -69,16 +69,6 @@ const SCENARIOS: [Scenario; 6] = [
 // The worker (child process).
 // ---------------------------------------------------------------------------
 
-fn stamp(len: usize, key: u64) -> Vec<u8> {
-    let mut rng = XorShift::new(key);
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        out.extend_from_slice(&rng.next_u64().to_ne_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Allocates, writes, reads, frees (and now and then checks, reclaims,
 /// trims, refreshes) until `deadline`, counting outcomes. Panics are caught
 /// per operation and reported.

@@ -453,3 +453,15 @@ pub fn watch(
         elapsed: started.elapsed(),
     }
 }
+
+/// The bytes a slot is stamped with: a stream of xorshift words from `key`,
+/// cut to `len` bytes.
+pub fn stamp(len: usize, key: u64) -> Vec<u8> {
+    let mut rng = crate::common::live::XorShift::new(key);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        out.extend_from_slice(&rng.next_u64().to_ne_bytes());
+    }
+    out.truncate(len);
+    out
+}
