@@ -962,3 +962,14 @@ fn slab_growth_past_rlimit_fsize_is_an_error_and_the_slab_stays_usable() {
     assert!(report.is_consistent(), "{:?}", report.findings);
     assert!(slab.stats().total_extents() >= 2);
 }
+
+/// A heap region whose size rounds past `usize::MAX` is refused, not a
+/// 64-byte buffer with a huge length (found by review: safe writes then
+/// landed outside the allocation).
+#[test]
+fn a_heap_region_too_large_to_exist_panics_instead_of_wrapping() {
+    for (len, cap) in [(usize::MAX - 10, 0), (4096, usize::MAX)] {
+        let made = std::panic::catch_unwind(|| shmslab::HeapRegion::with_capacity(len, cap));
+        assert!(made.is_err(), "len {len} capacity {cap} was accepted");
+    }
+}

@@ -31,13 +31,23 @@ pub struct HeapRegion {
 
 impl HeapRegion {
     /// A region of `len` zero bytes that cannot grow.
+    ///
+    /// # Panics
+    /// If `len` rounded up to 64 bytes overflows `usize`.
     pub fn new(len: usize) -> Self {
         Self::with_capacity(len, len)
     }
 
     /// A region of `len` zero bytes that can grow up to `capacity`.
+    ///
+    /// # Panics
+    /// If the capacity rounded up to 64 bytes overflows `usize` (no such
+    /// region could be allocated anyway).
     pub fn with_capacity(len: usize, capacity: usize) -> Self {
-        let capacity = capacity.max(len).div_ceil(64) * 64;
+        let capacity = capacity
+            .max(len)
+            .checked_next_multiple_of(64)
+            .expect("heap region too large");
         Self {
             #[cfg(not(loom))]
             buf: aligned::AlignedBuf::zeroed(capacity),
@@ -98,13 +108,10 @@ impl Memory for HeapRegion {
 
     unsafe fn copy_out(&self, offset: u64, dst: &mut [u8]) {
         #[cfg(not(loom))]
-        // SAFETY: the caller keeps the range within `len <= capacity`.
+        // SAFETY: the caller keeps the range within `len <= capacity`; all
+        // accesses to slot bytes go through these atomic copies.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.buf.ptr().add(offset as usize),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
+            crate::sync::load_shared(self.buf.ptr().add(offset as usize), dst)
         };
         #[cfg(loom)]
         for (i, b) in dst.iter_mut().enumerate() {
@@ -116,13 +123,9 @@ impl Memory for HeapRegion {
 
     unsafe fn copy_in(&self, offset: u64, src: &[u8]) {
         #[cfg(not(loom))]
-        // SAFETY: the caller keeps the range within `len <= capacity`.
+        // SAFETY: as in `copy_out`.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                self.buf.ptr().add(offset as usize),
-                src.len(),
-            )
+            crate::sync::store_shared(src, self.buf.ptr().add(offset as usize))
         };
         #[cfg(loom)]
         for (i, b) in src.iter().enumerate() {

@@ -441,19 +441,17 @@ impl Memory for MmapRegion {
     unsafe fn copy_out(&self, offset: u64, dst: &mut [u8]) {
         let base = self.base.load(Ordering::Acquire);
         // SAFETY: the caller guarantees the range is within `len`, mapped as
-        // argued in `word`. `dst` is private. Concurrent writers (other
-        // processes) can only make the copy stale, which callers detect with
-        // the slot generation; `T: Pod` makes any bytes a valid value.
-        unsafe {
-            std::ptr::copy_nonoverlapping(base.add(offset as usize), dst.as_mut_ptr(), dst.len())
-        }
+        // argued in `word`, and reached only through these atomic copies.
+        // Concurrent writers can only make the copy stale, which callers
+        // detect with the slot generation; `T: Pod` makes any bytes valid.
+        unsafe { crate::sync::load_shared(base.add(offset as usize), dst) }
     }
 
     #[inline]
     unsafe fn copy_in(&self, offset: u64, src: &[u8]) {
         let base = self.base.load(Ordering::Acquire);
         // SAFETY: as in `copy_out`; the mapping is writable.
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(offset as usize), src.len()) }
+        unsafe { crate::sync::store_shared(src, base.add(offset as usize)) }
     }
 
     fn grow_to(&self, new_len: u64) -> Result<()> {

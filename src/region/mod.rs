@@ -90,9 +90,10 @@ impl<'a> Region<'a> {
             return None;
         }
         // SAFETY: `offset..end` lies inside the mapped view (checked above),
-        // which is valid for 'a; `dst` is a distinct private buffer. Racing
-        // writers in other processes can only make the copied bytes stale.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(offset), dst.as_mut_ptr(), dst.len()) };
+        // which is valid for 'a; `dst` is a distinct private buffer. The copy
+        // is atomic, so racing writers (other threads or processes) can only
+        // make the copied bytes stale.
+        unsafe { crate::sync::load_shared(self.ptr.add(offset), dst) };
         Some(())
     }
 
@@ -104,7 +105,7 @@ impl<'a> Region<'a> {
             return None;
         }
         // SAFETY: as in `read`; the view is writable (MAP_SHARED, PROT_WRITE).
-        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.add(offset), src.len()) };
+        unsafe { crate::sync::store_shared(src, self.ptr.add(offset)) };
         Some(())
     }
 }

@@ -21,6 +21,23 @@ use thread_local::ThreadLocal;
 thread_local! {
     /// The uid of the `Slab` this thread used last, and its cache there.
     static LAST_CACHE: Cell<(u64, *const ())> = const { Cell::new((0, std::ptr::null())) };
+    /// Registered right after the first `ThreadLocal` lookup of the thread,
+    /// so after that crate's thread-id guard: thread-local destructors run
+    /// in reverse order, so this one runs first and ends the thread's use of
+    /// caches before its id (and with it its cache entries) can be handed to
+    /// a new thread.
+    static CACHE_GUARD: CacheGuard = const { CacheGuard };
+}
+
+/// `LAST_CACHE`'s uid once the thread's caches are gone (never a real uid).
+const TORN_DOWN: u64 = u64::MAX;
+
+struct CacheGuard;
+
+impl Drop for CacheGuard {
+    fn drop(&mut self) {
+        let _ = LAST_CACHE.try_with(|c| c.set((TORN_DOWN, std::ptr::null())));
+    }
 }
 
 /// A process's attachment to a shared-memory segment: allocate slots, read
@@ -36,6 +53,10 @@ thread_local! {
 /// and its live allocations are handed to the segment (they stay valid for
 /// other processes). A process that dies without dropping leaves its slots
 /// to [`reclaim_dead`](Slab::reclaim_dead).
+///
+/// A `Slab` belongs to the process that made it: after `fork`, the child
+/// must attach again rather than use the inherited one (whose caches and
+/// peer row are the parent's); dropping the inherited one does nothing.
 ///
 /// ```
 /// use shmslab::Slab;
@@ -57,6 +78,9 @@ pub struct Slab {
     pub(crate) me: Owner,
     /// Unique among all `Slab`s this process ever makes (never 0).
     uid: u64,
+    /// The process that attached. A forked child inherits the `Slab` but
+    /// not its row, lock or caches: it must not detach them.
+    pid: u32,
     /// Each thread's cache, boxed so that its `RefCell` flag (written on every
     /// alloc and free) lives in that thread's own allocation: the
     /// `ThreadLocal` table packs its entries side by side, and two threads'
@@ -109,6 +133,7 @@ impl Slab {
             row,
             me,
             uid: crate::sync::next_instance_id(),
+            pid: crate::sys::current_pid(),
             caches: ThreadLocal::new(),
             limits,
             small_classes: small_classes.into_boxed_slice(),
@@ -157,34 +182,42 @@ impl Slab {
 
     /// The calling thread's cache. The last one used is remembered in a
     /// plain thread-local, so the hot path is a compare, not a table lookup.
+    /// `None` while the thread's thread-locals are being destroyed.
     #[inline(always)]
-    fn cache(&self) -> &RefCell<ThreadCache> {
+    fn cache(&self) -> Option<&RefCell<ThreadCache>> {
         let (uid, ptr) = LAST_CACHE.with(Cell::get);
         if uid == self.uid {
             // SAFETY: this thread stored (uid, ptr) in `cache_slow` from
             // `self.caches.get_or` of the `Slab` with this uid. Uids are never
             // reused, so that `Slab` is `self`, which is alive; a
-            // `ThreadLocal` never moves or frees an entry before it drops,
-            // and the entry is this thread's own.
-            return unsafe { &*(ptr as *const RefCell<ThreadCache>) };
+            // `ThreadLocal` never moves or frees an entry before it drops;
+            // and the entry stays this thread's own until its thread id is
+            // released, which `CACHE_GUARD` precedes by clearing LAST_CACHE.
+            return Some(unsafe { &*(ptr as *const RefCell<ThreadCache>) });
         }
         self.cache_slow()
     }
 
     #[cold]
-    fn cache_slow(&self) -> &RefCell<ThreadCache> {
+    fn cache_slow(&self) -> Option<&RefCell<ThreadCache>> {
+        if LAST_CACHE.with(Cell::get).0 == TORN_DOWN {
+            return None;
+        }
         let cache = self.caches.get_or(|| {
             // A thread with a cache can hold slots: detaching must scan.
             self.owns_slots.store(true, Ordering::Relaxed);
             ThreadCache::new(&self.limits)
         });
+        // After `get_or`, which registered the thread-id guard (see
+        // CACHE_GUARD); failing means this thread is being torn down.
+        CACHE_GUARD.try_with(|_| ()).ok()?;
         LAST_CACHE.with(|c| {
             c.set((
                 self.uid,
                 &**cache as *const RefCell<ThreadCache> as *const (),
             ))
         });
-        cache
+        Some(cache)
     }
 
     /// The smallest class whose slots hold `size` bytes aligned to `align`.
@@ -245,14 +278,31 @@ impl Slab {
     /// which stalls store forwarding (a third of W1's time, measured).
     #[inline(always)]
     pub(crate) fn alloc_in(&self, first: usize, align: u64) -> Result<(SlotRef, SlotAddr)> {
-        let (c, id) = {
-            let mut cache = self.cache().borrow_mut();
-            match cache.stacks[first].pop() {
-                Some(id) => (first, id),
-                None => self.alloc_slow(&mut cache, first, align)?,
+        let (c, id) = match self.cache() {
+            Some(cache) => {
+                let mut cache = cache.borrow_mut();
+                match cache.stacks[first].pop() {
+                    Some(id) => (first, id),
+                    None => self.alloc_slow(&mut cache, first, align)?,
+                }
             }
+            None => self.take_uncached(first, align)?,
         };
         self.pool.activate(c, id, self.me)
+    }
+
+    /// A slot for a thread whose thread-locals are being destroyed: a cache
+    /// of its own for this one call, emptied back to the shared lists.
+    #[cold]
+    fn take_uncached(&self, first: usize, align: u64) -> Result<(usize, SlotId)> {
+        self.owns_slots.store(true, Ordering::Relaxed);
+        let cache = ThreadCache::new(&self.limits);
+        let mut cache = cache.borrow_mut();
+        let got = self.alloc_slow(&mut cache, first, align);
+        for (c, stack) in cache.stacks.iter_mut().enumerate() {
+            let _ = self.flush(c, stack, 0);
+        }
+        got
     }
 
     /// The refill path: the smallest fitting class is refilled from its
@@ -318,10 +368,12 @@ impl Slab {
             let batch = (cache.stacks[c].limit() / 2).max(1);
             let ThreadCache { stacks, scratch } = cache;
             scratch.clear();
-            let count = self.pool.take(c, self.me, batch, scratch)?;
+            // Slots taken before an error are ours (cached by us): keep them.
+            let taken = self.pool.take(c, self.me, batch, scratch);
             for &id in scratch.iter() {
                 stacks[c].push(id);
             }
+            let count = taken?;
             if always {
                 *seen = count;
             }
@@ -338,7 +390,10 @@ impl Slab {
     pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let h = handle.into();
         let (c, id) = self.pool.release(&h, self.me)?;
-        let mut cache = self.cache().borrow_mut();
+        let Some(cache) = self.cache() else {
+            return self.pool.give(c, self.me, &[id]);
+        };
+        let mut cache = cache.borrow_mut();
         let stack = &mut cache.stacks[c];
         if stack.is_full() {
             return self.flush_and_push(c, stack, id);
@@ -368,7 +423,10 @@ impl Slab {
     /// Returns the calling thread's cached free slots to the shared lists,
     /// so other processes can use them.
     pub fn trim(&self) -> Result<()> {
-        let mut cache = self.cache().borrow_mut();
+        let Some(cache) = self.cache() else {
+            return Ok(());
+        };
+        let mut cache = cache.borrow_mut();
         let mut result = Ok(());
         for (c, stack) in cache.stacks.iter_mut().enumerate() {
             if let Err(e) = self.flush(c, stack, 0) {
@@ -444,6 +502,11 @@ impl Drop for Slab {
         // row as a dead peer's: its descriptor closes now, so the kernel
         // drops its liveness lock and reclaim frees its slots.
         if std::thread::panicking() {
+            return;
+        }
+        // A forked child's copy: the row, its lock and the cached slots are
+        // the parent's, who is still using them.
+        if crate::sys::current_pid() != self.pid {
             return;
         }
         let _ = peers::detach(
