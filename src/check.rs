@@ -13,9 +13,7 @@
 //! hold known states.
 
 use crate::error::Result;
-use crate::format::{
-    self, Geometry, Meta, SlotId, SlotRef, SlotState, cls, hdr, journal, peer, root,
-};
+use crate::format::{self, Geometry, Meta, SlotId, SlotRef, SlotState, cls, peer, root};
 use crate::pool::{Owner, Pool};
 use crate::region::Memory;
 use crate::slab::Slab;
@@ -119,10 +117,17 @@ pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) 
     }
     let geo = &pool.geo;
     let live_rows = check_peers(pool, me.map(|m| m.0), &mut report);
-    if format::load(&pool.mem, hdr::JOURNAL + journal::STATE)? != journal::IDLE {
+    // Under the growth lock (when we have an identity), an active journal
+    // is a growth whose grower died, not one in progress.
+    if pool.growth_journal_active(me.map(|m| m.1))? {
         report.add(
             "growth journal",
-            "a growth is in progress, or its grower died (the next growth repairs it)",
+            match me {
+                Some(_) => {
+                    "a growth was cut short by its grower's death (the next growth repairs it)"
+                }
+                None => "a growth is in progress, or its grower died (the next growth repairs it)",
+            },
         );
     }
     for c in 0..geo.class_count() {
@@ -277,10 +282,18 @@ fn check_class<M: Memory>(
                 }
                 let owner = m.payload();
                 *owners.entry(owner).or_insert(0) += 1;
-                if owner != 0 && !rows.present.contains(&owner) {
-                    bad(format!("owned by peer row {} which is empty", owner - 1));
-                } else if owner != 0 && !rows.alive.contains(&owner) {
-                    out.owned_by_dead += 1;
+                if owner != 0 {
+                    let row = owner as usize - 1;
+                    // A peer that attached after the row snapshot: look again.
+                    let present = rows.present.contains(&owner)
+                        || (row < pool.geo.config.peer_capacity
+                            && format::load(&pool.mem, pool.geo.peer_row(row) + peer::STATE)
+                                .is_ok_and(|state| state != peer::EMPTY));
+                    if !present {
+                        bad(format!("owned by peer row {row} which is empty"));
+                    } else if !rows.alive.contains(&owner) && rows.present.contains(&owner) {
+                        out.owned_by_dead += 1;
+                    }
                 }
                 if m.state() == SlotState::Cached && owner == 0 {
                     bad("cached by nobody".into());

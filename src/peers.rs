@@ -100,21 +100,17 @@ fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Resul
     if was != peer::EMPTY {
         // A dead process's row (live, or left half claimed): its slots carry
         // the same owner id as ours will, so free them before we own anything.
-        let rooted = rooted_slots(pool)?;
-        for c in 0..pool.class_count() {
-            release_owned(pool, c, me, me.id, &rooted, Disposal::Reclaim)?;
-        }
+        reclaim_row(pool, me, me.id)?;
     }
     Ok(Some(me))
 }
 
-/// For simulated liveness (tests): whether a row's process counts as dead.
-/// File-backed rows are dead exactly when we could take their lock.
+/// Whether a row whose lock we could take belongs to a dead process.
 fn dead_row<M: Memory>(pool: &Pool<M>, row: usize) -> bool {
-    match pool.liveness {
-        Liveness::File => true,
-        Liveness::Simulated { .. } => !pool.liveness.row_alive(&pool.mem, &pool.geo, row),
-    }
+    // With the row's lock in our hands, the kernel's answer is "not locked
+    // by anyone else" (dead); where OFD locks are unsupported, `row_alive`
+    // falls back to pid and start time.
+    !pool.liveness.row_alive(&pool.mem, &pool.geo, row)
 }
 
 /// Takes the OFD lock on `row` (file-backed pools); `false` if a live
@@ -129,6 +125,16 @@ fn lock_row<M: Memory>(pool: &Pool<M>, row: usize) -> Result<bool> {
         {
             Ok(sys::TryLock::Acquired) => Ok(true),
             Ok(sys::TryLock::Busy) => Ok(false),
+            // No OFD locks on this filesystem: liveness falls back to pid
+            // and start time (see `Liveness::row_alive`).
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::ENOLCK | libc::EOPNOTSUPP)
+                ) =>
+            {
+                Ok(true)
+            }
             Err(e) => Err(Error::io("lock peer row", "", e)),
         },
         Liveness::Simulated { .. } => Ok(true),
@@ -146,19 +152,20 @@ fn unlock_row<M: Memory>(pool: &Pool<M>, row: usize) {
 /// (owner 0), since other processes may hold their handles. Then the row is
 /// cleared. `scan` is false when the peer never allocated anything.
 pub(crate) fn detach<M: Memory>(pool: &Pool<M>, row: usize, me: Owner, scan: bool) -> Result<()> {
-    let mut result = Ok(());
     if scan {
         for c in 0..pool.class_count() {
-            if let Err(e) = release_owned(pool, c, me, me.id, &HashSet::new(), Disposal::Detach) {
-                result = Err(e);
-            }
+            // A class that cannot be handed over leaves the row live: once
+            // this process's descriptor closes, the row reads as dead and
+            // reclaim frees what it still owns. Emptying it would leave
+            // those slots to whoever takes the row next.
+            release_owned(pool, c, me, me.id, &HashSet::new(), Disposal::Detach)?;
         }
     }
     let base = pool.geo.peer_row(row);
     pool.table_word(base + peer::STATE)?
         .store(peer::EMPTY, Ordering::Release);
     unlock_row(pool, row);
-    result.map(|_| ())
+    Ok(())
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -208,9 +215,9 @@ fn release_owned<M: Memory>(
         let pushed = pool.push_with(c, id, |now| {
             let owned = matches!(now.state(), SlotState::Cached | SlotState::Allocated)
                 && now.payload() == dead_id;
-            owned.then(|| match (how, now.state()) {
-                (Disposal::Reclaim, _) => now.next_generation(),
-                (Disposal::Detach, _) => now.generation(),
+            owned.then(|| match how {
+                Disposal::Reclaim => now.next_generation(),
+                Disposal::Detach => now.generation(),
             })
         })?;
         if pushed {
@@ -241,20 +248,30 @@ fn rooted_slots<M: Memory>(pool: &Pool<M>) -> Result<HashSet<(usize, u32, u32)>>
     Ok(set)
 }
 
+/// Frees (or, for rooted objects, hands to the segment) every slot owned by
+/// `owner_id`, acting as `me`. Returns (freed, kept).
+fn reclaim_row<M: Memory>(pool: &Pool<M>, me: Owner, owner_id: u32) -> Result<(u64, u64)> {
+    let rooted = rooted_slots(pool)?;
+    let (mut freed, mut kept) = (0, 0);
+    for c in 0..pool.class_count() {
+        let (f, k) = release_owned(pool, c, me, owner_id, &rooted, Disposal::Reclaim)?;
+        freed += f;
+        kept += k;
+    }
+    Ok((freed, kept))
+}
+
 /// Frees the slots of every dead peer and clears their rows, acting as `me`
 /// (the caller's own row is skipped).
 pub(crate) fn reclaim_dead<M: Memory>(pool: &Pool<M>, me: (usize, Owner)) -> Result<ReclaimReport> {
     let _local = pool.reclaim_local.lock();
     let mut report = ReclaimReport::default();
-    let geo = &pool.geo;
-    for row in 0..geo.config.peer_capacity {
+    for row in 0..pool.geo.config.peer_capacity {
         if row == me.0 {
             continue;
         }
-        let base = geo.peer_row(row);
-        let state_w = pool.table_word(base + peer::STATE)?;
-        let state = state_w.load(Ordering::Acquire);
-        if state == peer::EMPTY {
+        let state_w = pool.table_word(pool.geo.peer_row(row) + peer::STATE)?;
+        if state_w.load(Ordering::Acquire) == peer::EMPTY {
             continue;
         }
         // Holding the row's lock proves its process is gone and keeps a new
@@ -262,28 +279,24 @@ pub(crate) fn reclaim_dead<M: Memory>(pool: &Pool<M>, me: (usize, Owner)) -> Res
         if !lock_row(pool, row)? {
             continue;
         }
-        if !dead_row(pool, row) {
-            continue;
-        }
-        // Re-read under the row lock: another reclaimer may have emptied it.
-        if state_w.load(Ordering::Acquire) == peer::EMPTY {
-            unlock_row(pool, row);
-            continue;
-        }
-        {
-            // Live or left half claimed: either way its slots are owned by
-            // row + 1 and must be freed.
-            let rooted = rooted_slots(pool)?;
-            for c in 0..pool.class_count() {
-                let (freed, kept) =
-                    release_owned(pool, c, me.1, row as u32 + 1, &rooted, Disposal::Reclaim)?;
-                report.slots += freed;
-                report.kept_for_roots += kept;
+        // Whatever happens next, the row's lock is released (an error must
+        // not leave a dead row looking alive to everyone else).
+        let done = (|| -> Result<bool> {
+            // Re-read under the row lock: another reclaimer may have emptied
+            // it. Live or left half claimed, its slots are owned by row + 1.
+            if !dead_row(pool, row) || state_w.load(Ordering::Acquire) == peer::EMPTY {
+                return Ok(false);
             }
-        }
-        state_w.store(peer::EMPTY, Ordering::Release);
+            let (freed, kept) = reclaim_row(pool, me.1, row as u32 + 1)?;
+            report.slots += freed;
+            report.kept_for_roots += kept;
+            state_w.store(peer::EMPTY, Ordering::Release);
+            Ok(true)
+        })();
         unlock_row(pool, row);
-        report.peers += 1;
+        if done? {
+            report.peers += 1;
+        }
     }
     Ok(report)
 }

@@ -97,6 +97,23 @@ impl<M: Memory> Pool<M> {
         Ok(self.extents_end().max(self.geo.data_start))
     }
 
+    /// Whether the growth journal is active. With `owner`, it is read under
+    /// the growth lock, so an active journal is one a dead grower left.
+    pub(crate) fn growth_journal_active(&self, owner: Option<Owner>) -> Result<bool> {
+        let _guard = match owner {
+            Some(owner) => Some(lock::acquire(
+                &self.mem,
+                &self.geo,
+                &self.liveness,
+                &self.grow_local,
+                self.table_word(hdr::GROW_LOCK)?,
+                owner,
+            )?),
+            None => None,
+        };
+        Ok(format::load(&self.mem, hdr::JOURNAL + journal::STATE)? != journal::IDLE)
+    }
+
     /// How many slots the next extent of class `c` gets, and its bytes: what
     /// the growth rule allows, shrunk to fit under `max_size` if one is set.
     fn extent_size(&self, c: usize, before: u64, offset: u64) -> Result<(u32, u64)> {

@@ -145,16 +145,31 @@ pub(crate) struct SharedGuard<'a> {
     token: u64,
     /// The previous holder died holding the lock: repair before use.
     pub recovered: bool,
+    /// Release the word as if its holder had died, so the next holder is
+    /// told to repair (a repair that failed must not be forgotten).
+    poisoned: bool,
     _local: MutexGuard<'a, ()>,
+}
+
+/// A token no live peer has (it names no row): the next waiter sees its
+/// holder as dead, takes the word over and repairs.
+const POISONED: u64 = 1 << 32;
+
+impl SharedGuard<'_> {
+    /// Leave the lock to be repaired by its next holder.
+    pub(crate) fn poison(&mut self) {
+        self.poisoned = true;
+    }
 }
 
 impl Drop for SharedGuard<'_> {
     fn drop(&mut self) {
         // If the word no longer holds our token, someone judged us dead (or
         // scribbled on it); either way it is not ours to clear.
+        let free = if self.poisoned { POISONED } else { 0 };
         let _ = self
             .word
-            .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
+            .compare_exchange(self.token, free, Ordering::Release, Ordering::Relaxed);
     }
 }
 
@@ -181,6 +196,7 @@ pub(crate) fn acquire<'a, M: Memory>(
                     word,
                     token: owner.token,
                     recovered: false,
+                    poisoned: false,
                     _local: local,
                 });
             }
@@ -204,6 +220,7 @@ pub(crate) fn acquire<'a, M: Memory>(
                     word,
                     token: owner.token,
                     recovered: true,
+                    poisoned: false,
                     _local: local,
                 });
             }

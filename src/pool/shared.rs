@@ -20,9 +20,13 @@ impl<M: Memory> Pool<M> {
     pub(crate) fn lock_class(&self, c: usize, owner: Owner) -> Result<SharedGuard<'_>> {
         let cv = self.class(c);
         let word = self.table_word(cv.entry + cls::LOCK)?;
-        let guard = lock::acquire(&self.mem, &self.geo, &self.liveness, &cv.local, word, owner)?;
+        let mut guard =
+            lock::acquire(&self.mem, &self.geo, &self.liveness, &cv.local, word, owner)?;
         if guard.recovered {
-            self.rebuild_list(c)?;
+            if let Err(e) = self.rebuild_list(c) {
+                guard.poison();
+                return Err(e);
+            }
         }
         Ok(guard)
     }
