@@ -104,7 +104,7 @@ pub(crate) fn ofd_try_lock(file: &File, byte: u64) -> io::Result<TryLock> {
     }
 }
 
-/// Releases an OFD lock taken with [`ofd_lock`] or [`ofd_try_lock`].
+/// Releases an OFD lock taken with [`ofd_try_lock`].
 pub(crate) fn ofd_unlock(file: &File, byte: u64) -> io::Result<()> {
     let mut fl = ofd_flock(libc::F_UNLCK as libc::c_short, byte);
     fcntl_lock(file, libc::F_OFD_SETLK, &mut fl)

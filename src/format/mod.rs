@@ -50,8 +50,9 @@ pub const MAX_ROOTS: usize = 4096;
 pub const MAX_ROOT_NAME: usize = 48;
 /// Most processes that may be attached at once.
 pub const MAX_PEERS: usize = 4096;
-/// Data bytes a class's first extent aims for; later extents grow by half
-/// the class's total each time. (Tiny under loom, to keep models small.)
+/// Data bytes a class's first extent aims for; later extents grow by a
+/// quarter of the class's total each time. (Tiny under loom, to keep models
+/// small.)
 #[cfg(not(loom))]
 pub(crate) const FIRST_EXTENT_BYTES: u64 = 16 << 10;
 #[cfg(loom)]

@@ -245,7 +245,6 @@ pub struct MmapRegion {
     path: PathBuf,
     identity: (u64, u64),
     owns_file: bool,
-    reserve: u64,
     read_only: bool,
     /// Start of the newest mapping. Published before `len` grows past the
     /// previous mapping's end, so whoever sees the new `len` sees this too.
@@ -294,7 +293,6 @@ impl MmapRegion {
             path,
             identity,
             owns_file: false,
-            reserve,
             read_only,
             base: AtomicPtr::new(base),
             map_len: AtomicU64::new(map_len),
@@ -387,11 +385,9 @@ impl MmapRegion {
     fn map_through(&self, maps: &mut Vec<MmapRaw>, new_len: u64) -> Result<()> {
         let map_len = self.map_len.load(Ordering::Acquire);
         if new_len > map_len {
-            let want = if self.reserve > 0 {
-                new_len.max(map_len.saturating_mul(2))
-            } else {
-                new_len
-            };
+            // At least double: every old mapping stays until drop, so
+            // growing by exact steps would cost address space quadratically.
+            let want = new_len.max(map_len.saturating_mul(2));
             // The new mapping exists before anything moves to it; the old one
             // stays mapped (pointers into it stay valid) until `self` drops.
             let map = map_raw(&self.file, want, self.read_only)

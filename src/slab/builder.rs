@@ -2,7 +2,7 @@
 
 use super::Slab;
 use crate::error::{Error, Result};
-use crate::format::{Config, Geometry, MAX_CLASSES};
+use crate::format::{Config, Geometry};
 use crate::pool::{Liveness, Pool};
 use crate::region::{FileCleanup, RegionOptions};
 use crate::sys;
@@ -145,9 +145,6 @@ impl SlabBuilder {
             page_size: sys::page_size(),
             max_size: self.max_size,
         };
-        if self.classes.len() > MAX_CLASSES {
-            return Err(Error::config(format!("at most {MAX_CLASSES} size classes")));
-        }
         let geo = Geometry::new(config, new_segment_id())?;
         let page = geo.config.page_size;
         let size = self.initial_size.max(geo.data_start).div_ceil(page) * page;

@@ -385,7 +385,11 @@ impl Slab {
     /// Frees the slot a handle names. Exactly one of two racing frees of one
     /// handle succeeds; the other gets [`Error::DoubleFree`]. A handle from an
     /// earlier life of the slot gets [`Error::StaleHandle`], one that names no
-    /// slot [`Error::InvalidHandle`].
+    /// slot [`Error::InvalidHandle`] (or [`Error::ForeignHandle`]).
+    ///
+    /// Any other error (`Corrupt`, or an I/O error) comes from returning this
+    /// thread's surplus cached slots to the shared list afterwards: the slot
+    /// itself *was* freed, and freeing it again is a double free.
     #[inline(always)]
     pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let h = handle.into();
