@@ -242,8 +242,7 @@ fn check_class<M: Memory>(
     }
 
     // Every slot's word.
-    let cursor = word(cls::FRESH);
-    let (fe, fi) = ((cursor >> 32) as u32, cursor as u32);
+    let (fe, fi) = cls::cursor_parts(word(cls::FRESH));
     if fe > known {
         report.add(
             &here,

@@ -93,12 +93,23 @@ pub(crate) mod cls {
     pub const EXTENT_COUNT: u64 = 16;
     pub const FREE_HEAD: u64 = 24;
     pub const FREE_COUNT: u64 = 32;
-    /// `extent << 32 | index` of the first never-used slot.
+    /// `extent << 32 | index` of the first never-used slot (see
+    /// [`cursor`] and [`cursor_parts`]).
     pub const FRESH: u64 = 40;
     pub const LOCK: u64 = 48;
     /// `[offset, slots]` per extent.
     pub const EXTENTS: u64 = 64;
     pub const ENTRY_BYTES: u64 = EXTENTS + 16 * super::MAX_EXTENTS as u64;
+
+    /// The fresh-cursor word for slot `index` of extent `extent`.
+    pub fn cursor(extent: u32, index: u32) -> u64 {
+        ((extent as u64) << 32) | index as u64
+    }
+
+    /// A fresh-cursor word's (extent, index), ordered as slots are claimed.
+    pub fn cursor_parts(word: u64) -> (u32, u32) {
+        ((word >> 32) as u32, word as u32)
+    }
 }
 
 /// Word offsets within a root entry.

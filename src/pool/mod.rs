@@ -462,8 +462,8 @@ impl<M: Memory> Pool<M> {
         let slots_of = |e: usize| cv.extents[e].slots.load(Ordering::Relaxed) as u64;
         let slots = (0..known as usize).map(slots_of).sum();
         let word = |off| format::load(&self.mem, cv.entry + off).unwrap_or(0);
-        let cursor = word(cls::FRESH);
-        let (fe, fi) = ((cursor >> 32) as usize, cursor as u32 as u64);
+        let (fe, fi) = cls::cursor_parts(word(cls::FRESH));
+        let (fe, fi) = (fe as usize, fi as u64);
         let fresh = (fe..known as usize)
             .map(|e| slots_of(e).saturating_sub(if e == fe { fi } else { 0 }))
             .sum();

@@ -47,7 +47,7 @@ impl<M: Memory> Pool<M> {
         let Ok(cursor) = word(cls::FRESH) else {
             return false;
         };
-        let (e, i) = ((cursor >> 32) as u32, cursor as u32);
+        let (e, i) = cls::cursor_parts(cursor);
         let known = self.class(c).known.load(Ordering::Acquire);
         let shared = word(cls::EXTENT_COUNT).unwrap_or(0);
         // Fresh slots remain in the cursor's extent or in a later one.
@@ -124,7 +124,7 @@ impl<M: Memory> Pool<M> {
         let known = self.refresh(c)?;
         let cursor_w = self.table_word(self.class(c).entry + cls::FRESH)?;
         let cursor = cursor_w.load(Ordering::Acquire);
-        let (mut e, mut i) = ((cursor >> 32) as u32, cursor as u32);
+        let (mut e, mut i) = cls::cursor_parts(cursor);
         if e > known {
             // Past every extent: only a scribbling peer does that. Put the
             // cursor right after the last slot ever used, and free the
@@ -144,7 +144,7 @@ impl<M: Memory> Pool<M> {
             out.push(SlotId::new(e, i));
             i += 1;
         }
-        cursor_w.store(((e as u64) << 32) | i as u64, Ordering::Release);
+        cursor_w.store(cls::cursor(e, i), Ordering::Release);
         crash_point("refill.fresh_claimed");
         let mut kept = first;
         for n in first..out.len() {
@@ -242,7 +242,7 @@ impl<M: Memory> Pool<M> {
             }
         })?;
         let cursor = match last_used {
-            Some(id) => ((id.extent() as u64) << 32) | (id.index() as u64 + 1),
+            Some(id) => cls::cursor(id.extent(), id.index() + 1),
             None => 0,
         };
         self.table_word(self.class(c).entry + cls::FRESH)?
@@ -256,8 +256,7 @@ impl<M: Memory> Pool<M> {
     /// Caller holds the class lock.
     pub(crate) fn rebuild_list(&self, c: usize) -> Result<u64> {
         self.refresh(c)?;
-        let cursor = format::load(&self.mem, self.class(c).entry + cls::FRESH)?;
-        let cursor = ((cursor >> 32) as u32, cursor as u32);
+        let cursor = cls::cursor_parts(format::load(&self.mem, self.class(c).entry + cls::FRESH)?);
         let mut head = SlotId::NIL;
         let mut count = 0u64;
         self.for_each_slot(c, |id, w| {
