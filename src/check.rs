@@ -200,7 +200,7 @@ fn check_class<M: Memory>(
     let word = |off| format::load(&pool.mem, entry + off).unwrap_or(u64::MAX);
 
     // Walk the free list, bounded by the slot count.
-    let total: u64 = (0..known).map(|e| pool.extent_slots(c, e) as u64).sum();
+    let total = pool.class(c).slots_in(known);
     out.slots = total;
     let mut on_list = HashSet::new();
     let mut id = SlotId::from_raw(word(cls::FREE_HEAD) as u32);

@@ -52,7 +52,7 @@ impl<M: Memory> Pool<M> {
             });
         }
         let known = self.refresh(c)?;
-        let before: u64 = (0..known).map(|e| self.extent_slots(c, e) as u64).sum();
+        let before = self.class(c).slots_in(known);
         // The new extent goes after every published extent. current_size
         // says where that is; a forged smaller one must not put the extent
         // over live slots, so the checked extents have the last word.
@@ -91,9 +91,7 @@ impl<M: Memory> Pool<M> {
     /// The end of the last published extent of any class (all classes are
     /// refreshed first; each new extent is checked for overlap as it is).
     fn published_end(&self) -> Result<u64> {
-        for c in 0..self.class_count() {
-            self.refresh(c)?;
-        }
+        self.refresh_all()?;
         Ok(self.extents_end().max(self.geo.data_start))
     }
 

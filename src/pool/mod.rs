@@ -43,7 +43,8 @@ pub(crate) use lock::{Liveness, Owner, PEER_LOCK_BASE};
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
 use crate::format::{
-    self, Geometry, MAX_EXTENTS, MAX_SLOT_ALIGN, Meta, SlotId, SlotRef, SlotState, cls, hdr,
+    self, ExtentInfo, Geometry, MAX_EXTENTS, MAX_SLOT_ALIGN, Meta, SlotId, SlotRef, SlotState, cls,
+    hdr,
 };
 use crate::region::Memory;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, fence};
@@ -100,6 +101,27 @@ pub(crate) struct ClassView {
     local: Mutex<()>,
     known: AtomicU32,
     extents: [ExtentView; MAX_EXTENTS],
+}
+
+impl ClassView {
+    /// Makes checked extent `e` usable: its view is written once, before
+    /// `known` passes it.
+    fn publish(&self, e: usize, info: &ExtentInfo) {
+        let view = &self.extents[e];
+        view.meta.store(info.offset, Ordering::Relaxed);
+        view.data.store(info.data_offset, Ordering::Relaxed);
+        view.slots.store(info.slots, Ordering::Relaxed);
+        self.known.store(e as u32 + 1, Ordering::Release);
+    }
+
+    /// Slots in the first `n` checked extents (`n` at most `known`).
+    pub(crate) fn slots_in(&self, n: u32) -> u64 {
+        self.extents
+            .iter()
+            .take(n as usize)
+            .map(|v| v.slots.load(Ordering::Relaxed) as u64)
+            .sum()
+    }
 }
 
 /// Counts for one class, read without locks (a snapshot, not a proof).
@@ -170,19 +192,12 @@ impl<M: Memory> Pool<M> {
         };
         // Start from the extents (and their sorted, disjoint ranges) that
         // `Geometry::load` checked, then load anything published since.
-        for (c, infos) in checked.iter().enumerate().take(pool.classes.len()) {
-            let cv = &pool.classes[c];
+        for (cv, infos) in pool.classes.iter().zip(&checked) {
             for (e, info) in infos.iter().enumerate().take(MAX_EXTENTS) {
-                let view = &cv.extents[e];
-                view.meta.store(info.offset, Ordering::Relaxed);
-                view.data.store(info.data_offset, Ordering::Relaxed);
-                view.slots.store(info.slots, Ordering::Relaxed);
-                cv.known.store(e as u32 + 1, Ordering::Release);
+                cv.publish(e, info);
             }
         }
-        for c in 0..pool.classes.len() {
-            pool.refresh(c)?;
-        }
+        pool.refresh_all()?;
         Ok(pool)
     }
 
@@ -234,9 +249,7 @@ impl<M: Memory> Pool<M> {
         // The file must really hold `current` bytes before we map or touch
         // them; a forged size fails here instead of faulting later.
         self.mem.observe(current)?;
-        let mut before: u64 = (0..known as usize)
-            .map(|e| cv.extents[e].slots.load(Ordering::Relaxed) as u64)
-            .sum();
+        let mut before = cv.slots_in(known);
         for e in known as usize..count as usize {
             let info = self.geo.check_extent(&self.mem, c, e, before, current)?;
             // Another process could publish an extent over one we use; a
@@ -247,14 +260,18 @@ impl<M: Memory> Pool<M> {
                     info.offset
                 )));
             }
-            let view = &cv.extents[e];
-            view.meta.store(info.offset, Ordering::Relaxed);
-            view.data.store(info.data_offset, Ordering::Relaxed);
-            view.slots.store(info.slots, Ordering::Relaxed);
-            cv.known.store(e as u32 + 1, Ordering::Release);
+            cv.publish(e, &info);
             before += info.slots as u64;
         }
         Ok(count as u32)
+    }
+
+    /// [`refresh`](Self::refresh) for every class.
+    pub(crate) fn refresh_all(&self) -> Result<()> {
+        for c in 0..self.classes.len() {
+            self.refresh(c)?;
+        }
+        Ok(())
     }
 
     /// The end of the last extent of any class this process has checked.
@@ -460,7 +477,7 @@ impl<M: Memory> Pool<M> {
             .unwrap_or_else(|_| self.classes[c].known.load(Ordering::Acquire));
         let cv = &self.classes[c];
         let slots_of = |e: usize| cv.extents[e].slots.load(Ordering::Relaxed) as u64;
-        let slots = (0..known as usize).map(slots_of).sum();
+        let slots = cv.slots_in(known);
         let word = |off| format::load(&self.mem, cv.entry + off).unwrap_or(0);
         let (fe, fi) = cls::cursor_parts(word(cls::FRESH));
         let (fe, fi) = (fe as usize, fi as u64);

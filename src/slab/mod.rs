@@ -174,9 +174,7 @@ impl Slab {
     /// Picks up growth made by other processes now, instead of lazily when a
     /// handle names a new extent. Returns the generation.
     pub fn refresh(&self) -> Result<u64> {
-        for c in 0..self.pool.class_count() {
-            self.pool.refresh(c)?;
-        }
+        self.pool.refresh_all()?;
         Ok(self.generation())
     }
 
