@@ -16,7 +16,7 @@
 //! Every step is idempotent, so repair is "finish the publish if the size was
 //! stored, else forget it" — the space past `current_size` is simply reused.
 
-use super::lock;
+use super::lock::SharedGuard;
 use super::{Owner, Pool};
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
@@ -28,15 +28,7 @@ impl<M: Memory> Pool<M> {
     /// Appends an extent to class `c`, unless its extent count is no longer
     /// `seen` (someone else grew it first).
     pub(crate) fn grow(&self, c: usize, seen: u32, owner: Owner) -> Result<()> {
-        let word = self.table_word(hdr::GROW_LOCK)?;
-        let _guard = lock::acquire(
-            &self.mem,
-            &self.geo,
-            &self.liveness,
-            &self.grow_local,
-            word,
-            owner,
-        )?;
+        let _guard = self.lock_growth(owner)?;
         crash_point("grow.locked");
         self.repair_growth()?;
 
@@ -88,6 +80,11 @@ impl<M: Memory> Pool<M> {
         self.publish_extent(c, count as usize, offset, slots, bytes)
     }
 
+    /// Takes the growth lock (local mutex, then the shared word).
+    fn lock_growth(&self, owner: Owner) -> Result<SharedGuard<'_>> {
+        self.lock_shared(&self.grow_local, self.table_word(hdr::GROW_LOCK)?, owner)
+    }
+
     /// The end of the last published extent of any class (all classes are
     /// refreshed first; each new extent is checked for overlap as it is).
     fn published_end(&self) -> Result<u64> {
@@ -98,17 +95,7 @@ impl<M: Memory> Pool<M> {
     /// Whether the growth journal is active. With `owner`, it is read under
     /// the growth lock, so an active journal is one a dead grower left.
     pub(crate) fn growth_journal_active(&self, owner: Option<Owner>) -> Result<bool> {
-        let _guard = match owner {
-            Some(owner) => Some(lock::acquire(
-                &self.mem,
-                &self.geo,
-                &self.liveness,
-                &self.grow_local,
-                self.table_word(hdr::GROW_LOCK)?,
-                owner,
-            )?),
-            None => None,
-        };
+        let _guard = owner.map(|owner| self.lock_growth(owner)).transpose()?;
         Ok(format::load(&self.mem, hdr::JOURNAL + journal::STATE)? != journal::IDLE)
     }
 

@@ -187,46 +187,36 @@ pub(crate) fn acquire<'a, M: Memory>(
     let mut backoff = Backoff::default();
     loop {
         let cur = word.load(Ordering::Relaxed);
-        if cur == 0 {
-            if word
-                .compare_exchange(0, owner.token, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Ok(SharedGuard {
-                    word,
-                    token: owner.token,
-                    recovered: false,
-                    poisoned: false,
-                    _local: local,
-                });
+        // A free word is taken; a held one only from a holder known dead,
+        // and the taker is told to repair.
+        let recovered = cur != 0;
+        if recovered {
+            spins = spins.wrapping_add(1);
+            // On first sight, check the shared words for a token that cannot
+            // be live (ours — we hold the local mutex — or a stale row); once
+            // the wait is long enough to matter, ask the kernel now and then.
+            let dead = if spins == 1 {
+                cur == owner.token || liveness.token_dead(mem, geo, cur, false)
+            } else {
+                backoff.time_to_ask() && liveness.token_dead(mem, geo, cur, true)
+            };
+            if !dead {
+                backoff.wait(cur)?;
+                continue;
             }
-            continue;
         }
-        spins = spins.wrapping_add(1);
-        // On first sight, check the shared words for a token that cannot be
-        // live (ours — we hold the local mutex — or a stale row); once the
-        // wait is long enough to matter, ask the kernel now and then.
-        let dead = if spins == 1 {
-            cur == owner.token || liveness.token_dead(mem, geo, cur, false)
-        } else {
-            backoff.time_to_ask() && liveness.token_dead(mem, geo, cur, true)
-        };
-        if dead {
-            if word
-                .compare_exchange(cur, owner.token, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-            {
-                return Ok(SharedGuard {
-                    word,
-                    token: owner.token,
-                    recovered: true,
-                    poisoned: false,
-                    _local: local,
-                });
-            }
-            continue;
+        if word
+            .compare_exchange(cur, owner.token, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return Ok(SharedGuard {
+                word,
+                token: owner.token,
+                recovered,
+                poisoned: false,
+                _local: local,
+            });
         }
-        backoff.wait(cur)?;
     }
 }
 

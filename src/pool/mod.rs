@@ -213,6 +213,17 @@ impl<M: Memory> Pool<M> {
         self.geo.segment_id
     }
 
+    /// Takes the shared lock in `word` for `owner`, after the process-local
+    /// mutex `local` that guards it.
+    pub(crate) fn lock_shared<'a>(
+        &'a self,
+        local: &'a Mutex<()>,
+        word: &'a AtomicU64,
+        owner: Owner,
+    ) -> Result<lock::SharedGuard<'a>> {
+        lock::acquire(&self.mem, &self.geo, &self.liveness, local, word, owner)
+    }
+
     /// The shared word at a table offset (header, class table, roots, peers),
     /// all of which `Geometry` proved to lie inside the file.
     pub(crate) fn table_word(&self, off: u64) -> Result<&AtomicU64> {

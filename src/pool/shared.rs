@@ -6,7 +6,7 @@
 //! inside one leaves at most a list that disagrees with the words; the next
 //! holder is told (`recovered`) and rebuilds the list from the words.
 
-use super::lock::{self, SharedGuard};
+use super::lock::SharedGuard;
 use super::{Owner, Pool};
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
@@ -20,8 +20,7 @@ impl<M: Memory> Pool<M> {
     pub(crate) fn lock_class(&self, c: usize, owner: Owner) -> Result<SharedGuard<'_>> {
         let cv = self.class(c);
         let word = self.table_word(cv.entry + cls::LOCK)?;
-        let mut guard =
-            lock::acquire(&self.mem, &self.geo, &self.liveness, &cv.local, word, owner)?;
+        let mut guard = self.lock_shared(&cv.local, word, owner)?;
         if guard.recovered {
             if let Err(e) = self.rebuild_list(c) {
                 guard.poison();

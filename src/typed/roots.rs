@@ -16,7 +16,7 @@ use crate::fault::crash_point;
 use crate::format::{self, MAX_ROOT_NAME, SlotRef, hdr, root};
 use crate::pool::Owner;
 use crate::pool::Pool;
-use crate::pool::lock::{self, SharedGuard};
+use crate::pool::lock::SharedGuard;
 use crate::region::Memory;
 use crate::slab::Slab;
 use crate::sync::Ordering;
@@ -92,15 +92,7 @@ pub(crate) fn list_roots<M: Memory>(pool: &Pool<M>) -> Result<Vec<RootInfo>> {
 /// under the lock: only an insert in progress (not yet ours) or a dead one
 /// leaves them.
 fn lock_roots<M: Memory>(pool: &Pool<M>, me: Owner) -> Result<SharedGuard<'_>> {
-    let word = pool.table_word(hdr::ROOTS_LOCK)?;
-    let guard = lock::acquire(
-        &pool.mem,
-        &pool.geo,
-        &pool.liveness,
-        &pool.roots_local,
-        word,
-        me,
-    )?;
+    let guard = pool.lock_shared(&pool.roots_local, pool.table_word(hdr::ROOTS_LOCK)?, me)?;
     for i in 0..pool.geo.config.root_capacity {
         let w = pool.table_word(pool.geo.root_entry(i) + root::STATE)?;
         if w.load(Ordering::Acquire) == root::RESERVED {
