@@ -194,6 +194,7 @@ fn release_owned<M: Memory>(
             ids.push(id);
         }
     })?;
+    let list = pool.free_list(c)?;
     let (mut freed, mut kept) = (0u64, 0u64);
     for id in ids {
         let w = pool.meta(pool.locate(c, id)?);
@@ -212,14 +213,14 @@ fn release_owned<M: Memory>(
         // Same CAS a late free would race with: whoever wins, the slot is
         // freed once. Reclaim bumps the generation so a late free of a dead
         // owner's handle reports it stale.
-        let pushed = pool.push_with(c, id, |now| {
+        let pushed = list.push(w, id, |now| {
             let owned = matches!(now.state(), SlotState::Cached | SlotState::Allocated)
                 && now.payload() == dead_id;
             owned.then(|| match how {
                 Disposal::Reclaim => now.next_generation(),
                 Disposal::Detach => now.generation(),
             })
-        })?;
+        });
         if pushed {
             freed += 1;
             crash_point("reclaim.slot_freed");

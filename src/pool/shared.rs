@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::fault::crash_point;
 use crate::format::{self, Meta, SlotId, SlotState, cls};
 use crate::region::Memory;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 
 impl<M: Memory> Pool<M> {
     /// Takes class `c`'s shared lock, rebuilding its list if the previous
@@ -65,16 +65,14 @@ impl<M: Memory> Pool<M> {
         out: &mut Vec<SlotId>,
     ) -> Result<u32> {
         let _g = self.lock_class(c, owner)?;
-        let entry = self.class(c).entry;
-        let head_w = self.table_word(entry + cls::FREE_HEAD)?;
-        let count_w = self.table_word(entry + cls::FREE_COUNT)?;
+        let list = self.free_list(c)?;
         let target = out.len() + want;
         while out.len() < target {
-            let id = SlotId::from_raw(head_w.load(Ordering::Acquire) as u32);
+            let id = SlotId::from_raw(list.head.load(Ordering::Acquire) as u32);
             if id.is_nil() {
                 break;
             }
-            let Some(m) = self.listed_slot(c, id) else {
+            let Some((w, m)) = self.listed_slot(c, id) else {
                 // A cycle, a dangling link or a slot that is not free: the
                 // list is corrupt. Rebuild it from the words and say so.
                 self.rebuild_list(c)?;
@@ -82,15 +80,14 @@ impl<M: Memory> Pool<M> {
                     "class {c}: the free list named slot {id:?}, which is not a free slot (list rebuilt)"
                 )));
             };
-            let addr = self.locate(c, id)?;
-            self.meta(addr).store(
+            w.store(
                 Meta::new(m.generation(), SlotState::Cached, owner.id).0,
                 Ordering::Relaxed,
             );
             crash_point("refill.popped_meta");
-            head_w.store(m.payload() as u64, Ordering::Release);
-            let n = count_w.load(Ordering::Relaxed);
-            count_w.store(n.saturating_sub(1), Ordering::Relaxed);
+            list.head.store(m.payload() as u64, Ordering::Release);
+            let n = list.count.load(Ordering::Relaxed);
+            list.count.store(n.saturating_sub(1), Ordering::Relaxed);
             out.push(id);
         }
         if out.len() < target {
@@ -99,11 +96,12 @@ impl<M: Memory> Pool<M> {
         Ok(self.class(c).known.load(Ordering::Acquire))
     }
 
-    /// The metadata of `id` if it is a free slot of class `c`.
-    fn listed_slot(&self, c: usize, id: SlotId) -> Option<Meta> {
-        let addr = self.locate(c, id).ok()?;
-        let m = Meta(self.meta(addr).load(Ordering::Acquire));
-        (m.state() == SlotState::Free).then_some(m)
+    /// The metadata word of `id` and its value, if it is a free slot of
+    /// class `c`.
+    fn listed_slot(&self, c: usize, id: SlotId) -> Option<(&AtomicU64, Meta)> {
+        let w = self.meta(self.locate(c, id).ok()?);
+        let m = Meta(w.load(Ordering::Acquire));
+        (m.state() == SlotState::Free).then_some((w, m))
     }
 
     /// Claims up to `want` never-used slots past class `c`'s fresh cursor.
@@ -173,11 +171,13 @@ impl<M: Memory> Pool<M> {
             return Ok(());
         }
         let _g = self.lock_class(c, owner)?;
+        let list = self.free_list(c)?;
         let mut lost = 0;
         for &id in slots {
-            match self.push_if(c, id, |m| {
-                m.state() == SlotState::Cached && m.payload() == owner.id
-            })? {
+            let w = self.meta(self.locate(c, id)?);
+            let cached_by_owner =
+                |m: Meta| m.state() == SlotState::Cached && m.payload() == owner.id;
+            match list.push(w, id, |m| cached_by_owner(m).then(|| m.generation())) {
                 true => crash_point("flush.pushed_meta"),
                 false => lost += 1,
             }
@@ -190,44 +190,13 @@ impl<M: Memory> Pool<M> {
         Ok(())
     }
 
-    /// If slot `id`'s word satisfies `pred`, makes it *free* (same generation)
-    /// and pushes it. Caller holds the class lock.
-    fn push_if(&self, c: usize, id: SlotId, pred: impl Fn(Meta) -> bool) -> Result<bool> {
-        self.push_with(c, id, |m| pred(m).then(|| m.generation()))
-    }
-
-    /// Pushes slot `id` if `gen_for(word)` gives the generation its free life
-    /// should have. Caller holds the class lock.
-    pub(crate) fn push_with(
-        &self,
-        c: usize,
-        id: SlotId,
-        gen_for: impl Fn(Meta) -> Option<u32>,
-    ) -> Result<bool> {
+    /// Class `c`'s shared free list. Caller holds the class lock.
+    pub(crate) fn free_list(&self, c: usize) -> Result<FreeList<'_>> {
         let entry = self.class(c).entry;
-        let head_w = self.table_word(entry + cls::FREE_HEAD)?;
-        let count_w = self.table_word(entry + cls::FREE_COUNT)?;
-        let w = self.meta(self.locate(c, id)?);
-        let mut cur = w.load(Ordering::Acquire);
-        loop {
-            let m = Meta(cur);
-            let Some(generation) = gen_for(m) else {
-                return Ok(false);
-            };
-            let head = head_w.load(Ordering::Relaxed) as u32;
-            let free = Meta::new(generation, SlotState::Free, head);
-            match w.compare_exchange(cur, free.0, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
-                Err(now) => cur = now,
-            }
-        }
-        head_w.store(id.raw() as u64, Ordering::Release);
-        // A hint for statistics, read from the file: never trusted to be sane.
-        count_w.store(
-            count_w.load(Ordering::Relaxed).saturating_add(1),
-            Ordering::Relaxed,
-        );
-        Ok(true)
+        Ok(FreeList {
+            head: self.table_word(entry + cls::FREE_HEAD)?,
+            count: self.table_word(entry + cls::FREE_COUNT)?,
+        })
     }
 
     /// Puts class `c`'s fresh cursor right after the last slot whose word is
@@ -270,11 +239,50 @@ impl<M: Memory> Pool<M> {
                 count += 1;
             }
         })?;
-        let entry = self.class(c).entry;
-        self.table_word(entry + cls::FREE_HEAD)?
-            .store(head.raw() as u64, Ordering::Release);
-        self.table_word(entry + cls::FREE_COUNT)?
-            .store(count, Ordering::Relaxed);
+        let list = self.free_list(c)?;
+        list.head.store(head.raw() as u64, Ordering::Release);
+        list.count.store(count, Ordering::Relaxed);
         Ok(count)
+    }
+}
+
+/// A class's shared free list: its head and count words in the class table.
+/// Only the holder of the class lock uses one.
+pub(crate) struct FreeList<'a> {
+    head: &'a AtomicU64,
+    count: &'a AtomicU64,
+}
+
+impl FreeList<'_> {
+    /// Pushes the slot whose metadata word is `w` (slot `id`) if
+    /// `gen_for(word)` gives the generation its free life should have.
+    /// The word changes by compare-and-swap, since a late `free` (or a
+    /// reclaimer) may race for it; returns whether this push won.
+    pub(crate) fn push(
+        &self,
+        w: &AtomicU64,
+        id: SlotId,
+        gen_for: impl Fn(Meta) -> Option<u32>,
+    ) -> bool {
+        let mut cur = w.load(Ordering::Acquire);
+        loop {
+            let m = Meta(cur);
+            let Some(generation) = gen_for(m) else {
+                return false;
+            };
+            let head = self.head.load(Ordering::Relaxed) as u32;
+            let free = Meta::new(generation, SlotState::Free, head);
+            match w.compare_exchange(cur, free.0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        self.head.store(id.raw() as u64, Ordering::Release);
+        // A hint for statistics, read from the file: never trusted to be sane.
+        self.count.store(
+            self.count.load(Ordering::Relaxed).saturating_add(1),
+            Ordering::Relaxed,
+        );
+        true
     }
 }
