@@ -390,40 +390,43 @@ impl<M: Memory> Pool<M> {
     #[inline(always)]
     pub(crate) fn release(&self, h: &SlotRef, owner: Owner) -> Result<(usize, SlotId)> {
         let (c, id, addr) = self.check_ref(h)?;
-        let w = self.meta(addr);
-        let mut cur = w.load(Ordering::Acquire);
-        for _ in 0..1024 {
-            let m = Meta(cur);
-            check_live(m, h, true)?;
-            let cached = Meta::new(m.generation(), SlotState::Cached, owner.id);
-            match w.compare_exchange_weak(cur, cached.0, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    crash_point("free.cas_done");
-                    return Ok((c, id));
-                }
-                Err(now) => cur = now,
-            }
-        }
-        Err(Error::corrupt(
-            "a slot's metadata word keeps changing under free",
-        ))
+        self.swap_live(addr, h, true, |m| {
+            Meta::new(m.generation(), SlotState::Cached, owner.id)
+        })?;
+        crash_point("free.cas_done");
+        Ok((c, id))
     }
 
     /// Changes the owner of the live slot `h` names (persist, adopt).
     pub(crate) fn set_owner(&self, h: &SlotRef, owner_id: u32) -> Result<()> {
         let (_, _, addr) = self.check_ref(h)?;
+        self.swap_live(addr, h, false, |m| {
+            Meta::new(m.generation(), SlotState::Allocated, owner_id)
+        })
+    }
+
+    /// Compare-and-swaps the word of the live slot `h` names (at `addr`) to
+    /// `to(word)`, retrying while only its owner field changes under us: of
+    /// two racers, the second sees the slot no longer live and fails.
+    #[inline(always)]
+    fn swap_live(
+        &self,
+        addr: SlotAddr,
+        h: &SlotRef,
+        freeing: bool,
+        to: impl Fn(Meta) -> Meta,
+    ) -> Result<()> {
         let w = self.meta(addr);
         let mut cur = w.load(Ordering::Acquire);
         for _ in 0..1024 {
             let m = Meta(cur);
-            check_live(m, h, false)?;
-            let new = Meta::new(m.generation(), SlotState::Allocated, owner_id);
-            match w.compare_exchange_weak(cur, new.0, Ordering::AcqRel, Ordering::Acquire) {
+            check_live(m, h, freeing)?;
+            match w.compare_exchange_weak(cur, to(m).0, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(()),
                 Err(now) => cur = now,
             }
         }
-        Err(Error::corrupt("a slot's metadata word keeps changing"))
+        Err(keeps_changing(h))
     }
 
     /// The size of the live slot `h` names.
@@ -543,6 +546,13 @@ fn invalid(why: &'static str) -> Error {
 #[cold]
 fn foreign(expected: u32, found: u32) -> Error {
     Error::ForeignHandle { expected, found }
+}
+
+#[cold]
+fn keeps_changing(h: &SlotRef) -> Error {
+    Error::corrupt(format!(
+        "the metadata word of {h:?} keeps changing; a peer is writing it"
+    ))
 }
 
 #[cold]
