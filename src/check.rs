@@ -153,7 +153,7 @@ fn check_peers<M: Memory>(pool: &Pool<M>, own: Option<usize>, report: &mut Repor
         let state = format::load(&pool.mem, base + peer::STATE).unwrap_or(u64::MAX);
         match state {
             peer::EMPTY => continue,
-            peer::LIVE | 2 => {}
+            peer::LIVE | peer::CLAIMING => {}
             other => {
                 report.add(format!("peer {row}"), format!("unknown state {other}"));
                 continue;

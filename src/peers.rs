@@ -14,15 +14,13 @@
 
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
-use crate::format::{self, Meta, SlotRef, SlotState, peer, root};
+use crate::format::{self, Meta, SlotState, peer};
 use crate::pool::{Liveness, Owner, PEER_LOCK_BASE, Pool};
 use crate::region::Memory;
 use crate::sync::Ordering;
 use crate::sys;
+use crate::typed::list_roots;
 use std::collections::HashSet;
-
-/// A row being claimed (between EMPTY and LIVE).
-const CLAIMING: u64 = 2;
 
 /// One row of the peer table, as read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +76,7 @@ fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Resul
     }
     if (was != peer::EMPTY && !dead_row(pool, row))
         || state
-            .compare_exchange(was, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
+            .compare_exchange(was, peer::CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
     {
         unlock_row(pool, row);
@@ -231,22 +229,18 @@ fn release_owned<M: Memory>(
 
 /// The (class, slot id, generation) of every slot a ready root points at.
 fn rooted_slots<M: Memory>(pool: &Pool<M>) -> Result<HashSet<(usize, u32, u32)>> {
-    let mut set = HashSet::new();
-    for i in 0..pool.geo.config.root_capacity {
-        let base = pool.geo.root_entry(i);
-        if format::load(&pool.mem, base + root::STATE)? != root::READY {
-            continue;
-        }
-        let h = SlotRef::from_words([
-            format::load(&pool.mem, base + root::HANDLE)?,
-            format::load(&pool.mem, base + root::HANDLE + 8)?,
-        ]);
+    Ok(list_roots(pool)?
+        .into_iter()
         // A root's handle is read from the file: skip one that names no slot.
-        if h.well_formed() {
-            set.insert((h.class(), h.slot_id().raw(), h.generation()));
-        }
-    }
-    Ok(set)
+        .filter(|r| r.handle.well_formed())
+        .map(|r| {
+            (
+                r.handle.class(),
+                r.handle.slot_id().raw(),
+                r.handle.generation(),
+            )
+        })
+        .collect())
 }
 
 /// Frees (or, for rooted objects, hands to the segment) every slot owned by

@@ -138,6 +138,8 @@ pub(crate) mod peer {
 
     pub const EMPTY: u64 = 0;
     pub const LIVE: u64 = 1;
+    /// Being claimed by a new peer (between EMPTY and LIVE).
+    pub const CLAIMING: u64 = 2;
 }
 
 /// Growth journal states.
