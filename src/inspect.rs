@@ -9,7 +9,7 @@
 
 use crate::check::{self, ClassCheck, Finding};
 use crate::error::Result;
-use crate::format::{self, FORMAT_VERSION, Geometry, hdr};
+use crate::format::{FORMAT_VERSION, Geometry};
 use crate::peers;
 use crate::pool::{Liveness, Pool};
 use crate::region::RegionOptions;
@@ -94,7 +94,6 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
     let geo = Geometry::load_live(&region)?;
     let pool = Pool::new(region, geo, Liveness::File)?;
     let report = check::check_pool(&pool, None)?;
-    let load = |off| format::load(&pool.mem, off).unwrap_or(0);
     let peers = peers::list(&pool, None)?
         .into_iter()
         .map(|p| PeerSnapshot {
@@ -110,10 +109,10 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
         segment_id: pool.segment_id(),
         page_size: pool.geo.config.page_size,
         data_start: pool.geo.data_start,
-        current_size: load(hdr::CURRENT_SIZE),
+        current_size: pool.current_size(),
         file_size: sys::file_len(pool.mem.file()).unwrap_or(file_size),
         max_size: pool.geo.config.max_size,
-        generation: load(hdr::GENERATION),
+        generation: pool.generation(),
         roots: list_roots(&pool)?,
         segment_owned: report.owners.get(&0).copied().unwrap_or(0),
         classes: report.classes,

@@ -230,16 +230,14 @@ impl<M: Memory> Pool<M> {
         format::word(&self.mem, off)
     }
 
+    /// The growth counter (0 if the header cannot be read).
     pub(crate) fn generation(&self) -> u64 {
-        self.table_word(hdr::GENERATION)
-            .map(|w| w.load(Ordering::Acquire))
-            .unwrap_or(0)
+        format::load(&self.mem, hdr::GENERATION).unwrap_or(0)
     }
 
+    /// The end of the last published extent (0 if the header cannot be read).
     pub(crate) fn current_size(&self) -> u64 {
-        self.table_word(hdr::CURRENT_SIZE)
-            .map(|w| w.load(Ordering::Acquire))
-            .unwrap_or(0)
+        format::load(&self.mem, hdr::CURRENT_SIZE).unwrap_or(0)
     }
 
     /// Loads extents of class `c` that were published since we last looked,
