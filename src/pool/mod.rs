@@ -471,14 +471,15 @@ impl<M: Memory> Pool<M> {
         Ok(())
     }
 
-    /// Writes `src` at the start of a slot just activated by this thread:
-    /// nobody else can free it before its handle is returned.
+    /// Writes `src` at `offset` in a slot just activated by this thread:
+    /// nobody else can free it before its handle is returned, so the
+    /// handle need not be checked again.
     #[inline(always)]
-    pub(crate) fn fill_new(&self, addr: SlotAddr, src: &[u8]) -> Result<()> {
-        Self::check_span(addr, 0, src.len())?;
+    pub(crate) fn fill_new(&self, addr: SlotAddr, offset: u64, src: &[u8]) -> Result<()> {
+        Self::check_span(addr, offset, src.len())?;
         // SAFETY: `addr` came from `activate` (a checked extent, see `meta`)
         // and the span fits the slot.
-        unsafe { self.mem.copy_in(addr.data, src) };
+        unsafe { self.mem.copy_in(addr.data + offset, src) };
         Ok(())
     }
 

@@ -242,7 +242,7 @@ impl Slab {
     pub fn alloc<T: Pod>(&self, value: T) -> Result<Handle<T>> {
         let c = self.class_for(size_of::<T>() as u64, align_of::<T>() as u64)?;
         let (raw, addr) = self.alloc_in(c, align_of::<T>() as u64)?;
-        self.pool.fill_new(addr, bytemuck::bytes_of(&value))?;
+        self.pool.fill_new(addr, 0, bytemuck::bytes_of(&value))?;
         Ok(Handle::from_raw(raw))
     }
 
@@ -265,12 +265,12 @@ impl Slab {
     /// `bytes` bytes zeroed.
     fn alloc_zeroed_bytes(&self, bytes: u64, align: u64) -> Result<SlotRef> {
         let c = self.class_for(bytes, align)?;
-        let (raw, _) = self.alloc_in(c, align)?;
+        let (raw, addr) = self.alloc_in(c, align)?;
         let zeros = [0u8; 4096];
         let mut at = 0u64;
         while at < bytes {
             let n = (bytes - at).min(zeros.len() as u64) as usize;
-            self.pool.write_at(&raw, at, &zeros[..n])?;
+            self.pool.fill_new(addr, at, &zeros[..n])?;
             at += n as u64;
         }
         Ok(raw)
