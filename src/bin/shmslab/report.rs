@@ -1,5 +1,5 @@
 //! The JSON documents the commands print with `--json`, and the facts both
-//! the JSON and the text output share (handle fields, per-class sums).
+//! the JSON and the text output share (per-class sums).
 //!
 //! Field names are part of the tool's interface: scripts read them.
 
@@ -7,31 +7,6 @@ use crate::Failure;
 use serde_json::{Value, json};
 use shmslab::{ClassCheck, PeerInfo, ReclaimReport, SlotRef, Snapshot};
 use std::path::Path;
-
-/// The fields of a handle, decoded from its 16 bytes (`SlotRef` layout in
-/// docs/FORMAT.md: segment id, index, generation as native `u32`s, then
-/// class and extent bytes).
-pub struct HandleParts {
-    pub segment_id: u32,
-    pub class: u8,
-    pub extent: u8,
-    pub index: u32,
-    pub generation: u32,
-    pub hex: String,
-}
-
-pub fn handle_parts(h: &SlotRef) -> HandleParts {
-    let b = h.to_bytes();
-    let word = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-    HandleParts {
-        segment_id: word(0),
-        index: word(4),
-        generation: word(8),
-        class: b[12],
-        extent: b[13],
-        hex: crate::hex(&b),
-    }
-}
 
 /// Slots that are allocated or sitting in some process's cache.
 pub fn in_use(c: &ClassCheck) -> u64 {
@@ -83,7 +58,7 @@ pub fn inspect_json(snap: &Snapshot) -> Value {
         .roots
         .iter()
         .map(|r| {
-            let h = handle_parts(&r.handle);
+            let h = &r.handle;
             json!({
                 "name": r.name,
                 "fingerprint": {
@@ -92,12 +67,12 @@ pub fn inspect_json(snap: &Snapshot) -> Value {
                     "schema": format!("{:#018x}", r.fingerprint.schema),
                 },
                 "handle": {
-                    "hex": h.hex,
-                    "segment_id": h.segment_id,
-                    "class": h.class,
-                    "extent": h.extent,
-                    "index": h.index,
-                    "generation": h.generation,
+                    "hex": crate::hex(&h.to_bytes()),
+                    "segment_id": h.segment_id(),
+                    "class": h.class(),
+                    "extent": h.extent(),
+                    "index": h.index(),
+                    "generation": h.generation(),
                 },
                 "slot_size": root_slot_size(snap, &r.handle),
             })

@@ -1,6 +1,6 @@
 //! The human-readable output: aligned tables and one-line summaries.
 
-use crate::report::{available, handle_parts, in_use, root_slot_size};
+use crate::report::{available, in_use, root_slot_size};
 use shmslab::{PeerInfo, ReclaimReport, Snapshot};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -194,7 +194,7 @@ pub fn inspect(snap: &Snapshot) -> String {
             .roots
             .iter()
             .map(|r| {
-                let h = handle_parts(&r.handle);
+                let h = &r.handle;
                 vec![
                     format!("{:?}", r.name),
                     format!(
@@ -203,7 +203,10 @@ pub fn inspect(snap: &Snapshot) -> String {
                     ),
                     format!(
                         "class {} ext {} idx {} gen {}",
-                        h.class, h.extent, h.index, h.generation
+                        h.class(),
+                        h.extent(),
+                        h.index(),
+                        h.generation()
                     ),
                     root_slot_size(snap, &r.handle)
                         .map(|s| s.to_string())
