@@ -78,41 +78,24 @@ fn run<S: AsRef<std::ffi::OsStr>>(mut cmd: Command, args: &[S]) -> Run {
         .iter()
         .map(|a| a.as_ref().to_string_lossy().into_owned())
         .collect();
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start the shmslab binary");
-    // Read both pipes on threads so a large output cannot block the child.
-    let mut out_pipe = child.stdout.take().expect("piped");
-    let mut err_pipe = child.stderr.take().expect("piped");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out_pipe, &mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut err_pipe, &mut s);
-        s
-    });
     let deadline = Instant::now() + TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for shmslab") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("shmslab {shown:?} did not finish within {TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let done = common::collect(child, Duration::from_millis(2), || {
+        Instant::now() > deadline
+    });
+    if done.killed {
+        panic!("shmslab {shown:?} did not finish within {TIMEOUT:?}");
+    }
+    let status = done.status;
     let run = Run {
         code: status.code().unwrap_or(-1),
-        stdout: out.join().expect("stdout reader"),
-        stderr: err.join().expect("stderr reader"),
+        stdout: String::from_utf8_lossy(&done.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
         args: shown,
     };
     assert!(

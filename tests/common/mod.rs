@@ -102,44 +102,63 @@ pub fn spawn_child(test_name: &str, role: &str, args: &[&str]) -> Child {
         .expect("spawn the test binary as a child")
 }
 
+/// How a child collected by [`collect`] ended, and what it printed.
+pub struct Collected {
+    pub status: ExitStatus,
+    /// `give_up` said so and the child was killed.
+    pub killed: bool,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+}
+
+/// Waits for `child` to exit, reading its stdout and stderr on two threads
+/// meanwhile (so a full pipe cannot block it). Every `poll` it asks
+/// `give_up`; on `true` it kills the child (that child only) and reaps it.
+pub fn collect(mut child: Child, poll: Duration, mut give_up: impl FnMut() -> bool) -> Collected {
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out_reader = read(child.stdout.take().map(|p| Box::new(p) as _));
+    let err_reader = read(child.stderr.take().map(|p| Box::new(p) as _));
+    let (status, killed) = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break (status, false);
+        }
+        if give_up() {
+            let _ = child.kill();
+            break (child.wait().expect("reap the killed child"), true);
+        }
+        std::thread::sleep(poll);
+    };
+    Collected {
+        status,
+        killed,
+        stdout: out_reader.join().expect("stdout reader"),
+        stderr: err_reader.join().expect("stderr reader"),
+    }
+}
+
 /// Waits for `child` to exit, reading its stdout and stderr meanwhile. If it
 /// has not exited after `timeout`, kills it (that child only) and panics
 /// with what it printed. Also panics if the child did not run exactly one
 /// test (a wrong test name runs none and would exit 0).
-pub fn wait_child(mut child: Child, timeout: Duration) -> Output {
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = p.read_to_end(&mut v);
-        }
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_end(&mut v);
-        }
-        v
-    });
+pub fn wait_child(child: Child, timeout: Duration) -> Output {
     let deadline = Instant::now() + timeout;
-    let (status, timed_out) = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break (status, false);
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            break (child.wait().expect("reap the killed child"), true);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let done = collect(child, Duration::from_millis(5), || {
+        Instant::now() >= deadline
+    });
     let output = Output {
-        status,
-        stdout: out_reader.join().expect("stdout reader"),
-        stderr: err_reader.join().expect("stderr reader"),
+        status: done.status,
+        stdout: done.stdout,
+        stderr: done.stderr,
     };
-    if timed_out {
+    if done.killed {
         panic!(
             "child did not exit within {timeout:?} and was killed\n{}",
             describe(&output)

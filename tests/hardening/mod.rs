@@ -9,7 +9,6 @@
 
 use shmslab::Error;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -406,50 +405,27 @@ impl Watched {
 /// `progress()` returns the same value for longer than `stall`, or if the
 /// whole run passes `limit`.
 pub fn watch(
-    mut child: Child,
+    child: Child,
     stall: Duration,
     limit: Duration,
     mut progress: impl FnMut() -> u64,
 ) -> Watched {
     let started = Instant::now();
-    let mut out_pipe = child.stdout.take();
-    let mut err_pipe = child.stderr.take();
-    let out_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(p) = out_pipe.as_mut() {
-            let _ = p.read_to_end(&mut v);
-        }
-        v
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        if let Some(p) = err_pipe.as_mut() {
-            let _ = p.read_to_end(&mut v);
-        }
-        v
-    });
     let mut last = progress();
     let mut moved = Instant::now();
-    let (status, hung) = loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            break (status, false);
-        }
+    let done = crate::common::collect(child, Duration::from_millis(20), || {
         let now = progress();
         if now != last {
             last = now;
             moved = Instant::now();
         }
-        if moved.elapsed() > stall || started.elapsed() > limit {
-            let _ = child.kill();
-            break (child.wait().expect("reap the killed child"), true);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        moved.elapsed() > stall || started.elapsed() > limit
+    });
     Watched {
-        status,
-        stdout: String::from_utf8_lossy(&out_reader.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned(),
-        hung,
+        status: done.status,
+        stdout: String::from_utf8_lossy(&done.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&done.stderr).into_owned(),
+        hung: done.killed,
         elapsed: started.elapsed(),
     }
 }
