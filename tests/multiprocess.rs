@@ -1022,29 +1022,27 @@ fn grower_child(args: &[String]) {
     say("DONE", i);
 }
 
-#[test]
-fn attaching_while_another_process_grows_the_file_succeeds() {
-    const TEST: &str = "attaching_while_another_process_grows_the_file_succeeds";
-    if let Some(args) = child_args("grower") {
-        return grower_child(&args);
-    }
+/// A new segment named `file` in a fresh directory, and a grower child
+/// (a role of `test`) told to go and grow it 120 times.
+fn segment_with_grower(test: &str, file: &str) -> (tempfile::TempDir, Slab, LiveChild) {
     let dir = segment_dir();
-    let path = dir.path().join("attach-during-growth.shm");
+    let path = dir.path().join(file);
     let slab = Slab::builder()
         .initial_size(64 << 10)
         .create(&path)
         .expect("create");
-    let mut grower = LiveChild::spawn(TEST, "grower", &[path.to_str().unwrap(), "120"], &[]);
+    let mut grower = LiveChild::spawn(test, "grower", &[path.to_str().unwrap(), "120"], &[]);
     grower.expect("READY", MSG_TIMEOUT);
     grower.send("GO");
-    let (mut attaches, mut failures) = (0usize, Vec::new());
+    (dir, slab, grower)
+}
+
+/// Calls `each` over and over until the grower says DONE (within two
+/// minutes), then waits for it to exit cleanly.
+fn repeat_while_growing(grower: &mut LiveChild, mut each: impl FnMut()) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        match Slab::attach(&path) {
-            Ok(s) => drop(s),
-            Err(e) => failures.push(format!("generation {}: {e}", slab.generation())),
-        }
-        attaches += 1;
+        each();
         if let Some(m) = grower.next_message(Duration::ZERO) {
             assert_eq!(m.key, "DONE", "{}", grower.transcript());
             break;
@@ -1052,6 +1050,24 @@ fn attaching_while_another_process_grows_the_file_succeeds() {
         assert!(Instant::now() < deadline, "the grower did not finish");
     }
     grower.wait_success(MSG_TIMEOUT);
+}
+
+#[test]
+fn attaching_while_another_process_grows_the_file_succeeds() {
+    const TEST: &str = "attaching_while_another_process_grows_the_file_succeeds";
+    if let Some(args) = child_args("grower") {
+        return grower_child(&args);
+    }
+    let (dir, slab, mut grower) = segment_with_grower(TEST, "attach-during-growth.shm");
+    let path = dir.path().join("attach-during-growth.shm");
+    let (mut attaches, mut failures) = (0usize, Vec::new());
+    repeat_while_growing(&mut grower, || {
+        match Slab::attach(&path) {
+            Ok(s) => drop(s),
+            Err(e) => failures.push(format!("generation {}: {e}", slab.generation())),
+        }
+        attaches += 1;
+    });
     println!(
         "{attaches} attaches during {} growths, {} failed",
         slab.generation(),
@@ -1073,18 +1089,9 @@ fn check_while_another_process_grows_reports_no_false_problems() {
     if let Some(args) = child_args("grower") {
         return grower_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("check-during-growth.shm");
-    let slab = Slab::builder()
-        .initial_size(64 << 10)
-        .create(&path)
-        .expect("create");
-    let mut grower = LiveChild::spawn(TEST, "grower", &[path.to_str().unwrap(), "120"], &[]);
-    grower.expect("READY", MSG_TIMEOUT);
-    grower.send("GO");
+    let (_dir, slab, mut grower) = segment_with_grower(TEST, "check-during-growth.shm");
     let (mut checks, mut in_progress, mut problems) = (0usize, 0usize, Vec::new());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
+    repeat_while_growing(&mut grower, || {
         let report = slab.check().expect("check");
         checks += 1;
         for f in report.findings {
@@ -1096,13 +1103,7 @@ fn check_while_another_process_grows_reports_no_false_problems() {
                 problems.push(format!("generation {}: {f}", slab.generation()));
             }
         }
-        if let Some(m) = grower.next_message(Duration::ZERO) {
-            assert_eq!(m.key, "DONE", "{}", grower.transcript());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the grower did not finish");
-    }
-    grower.wait_success(MSG_TIMEOUT);
+    });
     println!(
         "{checks} checks during {} growths: {in_progress} saw a growth in progress, {} reported other problems",
         slab.generation(),
