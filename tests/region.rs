@@ -43,6 +43,16 @@ fn write_at(region: &MmapRegion, offset: usize, bytes: &[u8]) {
         .unwrap_or_else(|| panic!("write of {} bytes at {offset} out of bounds", bytes.len()));
 }
 
+/// A read-write descriptor of the file at `path`, to attach through.
+fn open_rw(path: impl AsRef<Path>) -> OwnedFd {
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open the segment file read-write")
+        .into()
+}
+
 fn mode_of(path: &Path) -> u32 {
     std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
 }
@@ -283,12 +293,7 @@ fn auto_cleanup_unlinks_at_once_and_the_mapping_stays_usable() {
     write_at(&region, PAGE + 10, b"grown");
 
     // Another mapping of the unlinked file, through a descriptor, sees both.
-    let fd: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(format!("/proc/self/fd/{}", region.as_raw_fd()))
-        .unwrap()
-        .into();
+    let fd = open_rw(format!("/proc/self/fd/{}", region.as_raw_fd()));
     let other = MmapRegion::attach_fd(fd, 2 * PAGE).unwrap();
     assert_eq!(read_at(&other, 10, 10).unwrap(), b"still here");
     assert_eq!(read_at(&other, PAGE + 10, 5).unwrap(), b"grown");
@@ -363,12 +368,7 @@ fn region_view_refuses_every_access_past_its_end() {
 fn attach_fd_longer_than_the_file_is_truncated_not_sigbus() {
     let (_dir, path) = temp();
     let _owner = MmapRegion::create(&path, PAGE, FileCleanup::Manual).unwrap();
-    let fd: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .into();
+    let fd = open_rw(&path);
     match MmapRegion::attach_fd(fd, 4 * PAGE) {
         Err(Error::Truncated { expected, actual }) => {
             assert_eq!(expected, 4 * PAGE as u64);
@@ -378,12 +378,7 @@ fn attach_fd_longer_than_the_file_is_truncated_not_sigbus() {
     }
     // The exact size, and less, are fine.
     for size in [PAGE, 100] {
-        let fd: OwnedFd = std::fs::File::options()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .into();
+        let fd = open_rw(&path);
         let r = MmapRegion::attach_fd(fd, size).unwrap();
         assert_eq!(r.len(), size);
         assert_eq!(r.path(), Path::new(""));
@@ -394,12 +389,7 @@ fn attach_fd_longer_than_the_file_is_truncated_not_sigbus() {
 fn attach_fd_of_zero_bytes_is_rejected() {
     let (_dir, path) = temp();
     let _owner = MmapRegion::create(&path, PAGE, FileCleanup::Manual).unwrap();
-    let fd: OwnedFd = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .into();
+    let fd = open_rw(&path);
     let err = MmapRegion::attach_fd(fd, 0).unwrap_err();
     assert_eq!(io_kind(&err), io::ErrorKind::InvalidInput, "{err}");
 }
