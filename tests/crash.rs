@@ -16,6 +16,7 @@ mod common;
 use common::child_args;
 use common::live::{LiveChild, SharedWords, SpinBarrier, from_hex, hear, say, segment_dir, to_hex};
 use shmslab::{ClassCheck, Error, Report, Slab, SlotRef};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Bound on any single wait for a child.
@@ -93,6 +94,30 @@ fn assert_consistent(report: &Report, when: &str) {
     );
 }
 
+/// A new segment `file` (64 KiB to start) in which the parent holds
+/// `small` 64-byte and `large` 3000-byte slots, and its check, found
+/// consistent (`when` names the moment in a failure).
+fn segment_with_own_slots(
+    file: &str,
+    small: usize,
+    large: usize,
+    when: &str,
+) -> (tempfile::TempDir, PathBuf, Slab, Vec<SlotRef>, Report) {
+    let dir = segment_dir();
+    let path = dir.path().join(file);
+    let slab = Slab::builder()
+        .initial_size(64 << 10)
+        .create(&path)
+        .expect("create");
+    let own: Vec<SlotRef> = (0..small)
+        .map(|_| slab.alloc_bytes(64).expect("alloc"))
+        .chain((0..large).map(|_| slab.alloc_bytes(3000).expect("alloc")))
+        .collect();
+    let before = slab.check().expect("check");
+    assert_consistent(&before, when);
+    (dir, path, slab, own, before)
+}
+
 /// `stats()` agrees with an exact `check()` taken while nothing changes:
 /// for every class, slots = free + in_use, and free = fresh + free-listed.
 fn assert_stats_add_up(slab: &Slab, when: &str) {
@@ -154,19 +179,9 @@ fn reclaim_dead_frees_exactly_the_slots_of_a_killed_process_and_only_once() {
     if let Some(args) = child_args("holder") {
         return holder_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("killed.shm");
-    let slab = Slab::builder()
-        .initial_size(64 << 10)
-        .create(&path)
-        .expect("create");
-    // The parent's own slots, which must survive everything below.
-    let own: Vec<SlotRef> = (0..5)
-        .map(|_| slab.alloc_bytes(64).expect("alloc"))
-        .chain((0..2).map(|_| slab.alloc_bytes(3000).expect("alloc")))
-        .collect();
-    let before = slab.check().expect("check");
-    assert_consistent(&before, "before the child");
+    // The parent's own slots must survive everything below.
+    let (_dir, path, slab, own, before) =
+        segment_with_own_slots("killed.shm", 5, 2, "before the child");
 
     let mut child = LiveChild::spawn(TEST, "holder", &[path.to_str().unwrap()], &[]);
     let handles = parse_handles(&child.expect("HANDLES", MSG_TIMEOUT));
@@ -732,18 +747,8 @@ mod fault_injection {
     /// the dead child's slots, reclaims exactly them, grows the segment, a
     /// fresh process works in it, and everything adds up.
     pub(super) fn crash_and_recover(test: &str, point: &'static str, nth: u32) {
-        let dir = segment_dir();
-        let path = dir.path().join("crash.shm");
-        let slab = Slab::builder()
-            .initial_size(64 << 10)
-            .create(&path)
-            .expect("create");
-        let own: Vec<SlotRef> = (0..10)
-            .map(|_| slab.alloc_bytes(64).expect("alloc"))
-            .chain((0..3).map(|_| slab.alloc_bytes(3000).expect("alloc")))
-            .collect();
-        let before = slab.check().expect("check");
-        assert_consistent(&before, "before the crash");
+        let (_dir, path, slab, own, before) =
+            super::segment_with_own_slots("crash.shm", 10, 3, "before the crash");
 
         let spec = format!("{point}@{nth}");
         let path_s = path.to_str().unwrap().to_string();
