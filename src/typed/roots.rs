@@ -42,16 +42,24 @@ fn check_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A root entry as read from the table.
+/// A ready root entry as read from the table.
 struct Entry {
-    state: u64,
     name: Vec<u8>,
     fingerprint: Fingerprint,
     handle: SlotRef,
 }
 
-/// Reads root entry `i`.
-fn read_entry<M: Memory>(pool: &Pool<M>, i: usize) -> Result<Entry> {
+/// The state word of root entry `i`.
+fn entry_state<M: Memory>(pool: &Pool<M>, i: usize) -> Result<u64> {
+    format::load(&pool.mem, pool.geo.root_entry(i) + root::STATE)
+}
+
+/// Reads root entry `i` if it is ready. The state is read first so an empty
+/// or reserved entry costs one load, not the whole row.
+fn read_ready<M: Memory>(pool: &Pool<M>, i: usize) -> Result<Option<Entry>> {
+    if entry_state(pool, i)? != root::READY {
+        return Ok(None);
+    }
     let base = pool.geo.root_entry(i);
     let r = |off| format::load(&pool.mem, base + off);
     let len = (r(root::NAME_LEN)? as usize).min(MAX_ROOT_NAME);
@@ -60,8 +68,7 @@ fn read_entry<M: Memory>(pool: &Pool<M>, i: usize) -> Result<Entry> {
         name.extend_from_slice(&r(root::NAME + 8 * w)?.to_ne_bytes());
     }
     name.truncate(len);
-    Ok(Entry {
-        state: r(root::STATE)?,
+    Ok(Some(Entry {
         name,
         fingerprint: Fingerprint {
             size: r(root::FP_SIZE)?,
@@ -69,15 +76,14 @@ fn read_entry<M: Memory>(pool: &Pool<M>, i: usize) -> Result<Entry> {
             schema: r(root::FP_SCHEMA)?,
         },
         handle: SlotRef::from_words([r(root::HANDLE)?, r(root::HANDLE + 8)?]),
-    })
+    }))
 }
 
 /// Every ready root, read without the roots lock (for inspection).
 pub(crate) fn list_roots<M: Memory>(pool: &Pool<M>) -> Result<Vec<RootInfo>> {
     let mut out = Vec::new();
     for i in 0..pool.geo.config.root_capacity {
-        let e = read_entry(pool, i)?;
-        if e.state == root::READY {
+        if let Some(e) = read_ready(pool, i)? {
             out.push(RootInfo {
                 name: String::from_utf8_lossy(&e.name).into_owned(),
                 fingerprint: e.fingerprint,
@@ -105,8 +111,9 @@ fn lock_roots<M: Memory>(pool: &Pool<M>, me: Owner) -> Result<SharedGuard<'_>> {
 /// The ready entry named `name`, if any. Caller holds the roots lock.
 fn find<M: Memory>(pool: &Pool<M>, name: &str) -> Result<Option<(usize, Entry)>> {
     for i in 0..pool.geo.config.root_capacity {
-        let e = read_entry(pool, i)?;
-        if e.state == root::READY && e.name == name.as_bytes() {
+        if let Some(e) = read_ready(pool, i)?
+            && e.name == name.as_bytes()
+        {
             return Ok(Some((i, e)));
         }
     }
@@ -157,7 +164,7 @@ pub(crate) fn get_or_insert<M: Memory>(
     }
     let geo = &pool.geo;
     let slot = (0..geo.config.root_capacity)
-        .find(|&i| matches!(read_entry(pool, i), Ok(e) if e.state == root::EMPTY))
+        .find(|&i| matches!(entry_state(pool, i), Ok(root::EMPTY)))
         .ok_or(Error::RootTableFull {
             capacity: geo.config.root_capacity,
         })?;
