@@ -481,46 +481,32 @@ fn table_part(
             }
         }
         eprint!(" w3");
-        for a in Alloc::ALL {
-            if opts.sel("w4", a) {
-                let o = runs::w4(a, c.w45_pairs, first);
-                t.add(
-                    "W4 aggregate pairs/s",
-                    Unit::MPerS,
-                    false,
-                    a,
-                    o.aggregate_per_s(),
-                );
-                t.add(
-                    "W4 per pair per worker",
-                    Unit::Ns,
-                    true,
-                    a,
-                    o.ns_per_pair_per_worker(),
-                );
+        // W4 and W5 report the same two rows: two workers, pairs per second.
+        type TwoWorkerRun = fn(Alloc, u64, bool) -> runs::TwoWorkers;
+        let two_worker_runs: [(&str, TwoWorkerRun); 2] = [("W4", runs::w4), ("W5", runs::w5)];
+        for (name, run) in two_worker_runs {
+            let key = name.to_lowercase();
+            for a in Alloc::ALL {
+                if opts.sel(&key, a) {
+                    let o = run(a, c.w45_pairs, first);
+                    t.add(
+                        &format!("{name} aggregate pairs/s"),
+                        Unit::MPerS,
+                        false,
+                        a,
+                        o.aggregate_per_s(),
+                    );
+                    t.add(
+                        &format!("{name} per pair per worker"),
+                        Unit::Ns,
+                        true,
+                        a,
+                        o.ns_per_pair_per_worker(),
+                    );
+                }
             }
+            eprint!(" {key}");
         }
-        eprint!(" w4");
-        for a in Alloc::ALL {
-            if opts.sel("w5", a) {
-                let o = runs::w5(a, c.w45_pairs, first);
-                t.add(
-                    "W5 aggregate pairs/s",
-                    Unit::MPerS,
-                    false,
-                    a,
-                    o.aggregate_per_s(),
-                );
-                t.add(
-                    "W5 per pair per worker",
-                    Unit::Ns,
-                    true,
-                    a,
-                    o.ns_per_pair_per_worker(),
-                );
-            }
-        }
-        eprint!(" w5");
         if let Some(tg) = shm_target {
             let o = runs::attach_shm(tg, c.attach_iters);
             t.add("attach", Unit::Us, true, Alloc::Shm, us(o.attach));
