@@ -261,12 +261,7 @@ fn reclaim_dead_frees_exactly_the_slots_of_a_killed_process_and_only_once() {
     for h in own {
         slab.free(h).expect("free the parent's own slot");
     }
-    slab.trim().expect("trim");
-    let end = slab.check().expect("check");
-    assert_consistent(&end, "at the end");
-    for (c, k) in end.classes.iter().enumerate() {
-        assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-    }
+    common::assert_every_slot_free(&slab, "at the end");
     assert_stats_add_up(&slab, "at the end");
 }
 
@@ -338,12 +333,7 @@ fn a_process_that_exits_cleanly_leaves_its_allocations_valid_and_returns_its_cac
         assert!(matches!(slab.free(*h), Err(Error::DoubleFree)));
     }
     slab.free(own).expect("free own");
-    slab.trim().expect("trim");
-    let end = slab.check().expect("check");
-    assert_consistent(&end, "at the end");
-    for (c, k) in end.classes.iter().enumerate() {
-        assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-    }
+    common::assert_every_slot_free(&slab, "at the end");
 }
 
 /// Kills a fresh holder child in the segment at `path` and returns its
@@ -411,12 +401,7 @@ fn a_dead_process_slot_freed_by_another_process_before_reclaim_is_not_reclaimed_
     for (h, _) in &handles[3..] {
         assert!(matches!(slab.free(*h), Err(Error::StaleHandle { .. })));
     }
-    slab.trim().expect("trim");
-    let end = slab.check().expect("check");
-    assert_consistent(&end, "at the end");
-    for (c, k) in end.classes.iter().enumerate() {
-        assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-    }
+    common::assert_every_slot_free(&slab, "at the end");
 }
 
 #[test]
@@ -465,16 +450,7 @@ fn a_late_free_racing_reclaim_in_another_process_frees_each_slot_once() {
         );
         late_ok += ok;
         by_reclaim += slots;
-        slab.trim().expect("trim");
-        let report = slab.check().expect("check");
-        assert_consistent(&report, "after the race");
-        for (c, k) in report.classes.iter().enumerate() {
-            assert_eq!(
-                (k.allocated, k.cached),
-                (0, 0),
-                "round {round} class {c}: {k:?}"
-            );
-        }
+        common::assert_every_slot_free(&slab, &format!("round {round}, after the race"));
     }
     println!(
         "late frees won {late_ok} slots, reclaim freed {by_reclaim}, {late_stale} late frees were stale"
@@ -568,12 +544,7 @@ fn a_process_attaching_to_a_full_peer_table_takes_a_dead_row_and_reclaims_its_sl
     slab.free(h).expect("and the parent frees it");
     drop(newcomer);
     slab.free(own).expect("free own");
-    slab.trim().expect("trim");
-    let end = slab.check().expect("check");
-    assert_consistent(&end, "at the end");
-    for (c, k) in end.classes.iter().enumerate() {
-        assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-    }
+    common::assert_every_slot_free(&slab, "at the end");
 }
 
 /// Kills a holder child, then rewrites its peer row's state from "live" to
@@ -867,12 +838,7 @@ mod fault_injection {
         for h in own {
             slab.free(h).expect("the parent's own slots survived");
         }
-        slab.trim().expect("trim");
-        let end = slab.check().expect("check");
-        assert_consistent(&end, &format!("at the end ({point})"));
-        for (c, k) in end.classes.iter().enumerate() {
-            assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-        }
+        common::assert_every_slot_free(&slab, &format!("at the end ({point})"));
         assert_stats_add_up(&slab, &format!("at the end ({point})"));
         println!(
             "crash at {point}@{nth}: child made {allocs} allocations and {frees} frees; \
@@ -992,12 +958,7 @@ mod fault_injection {
             },
         );
         slab.free(own).expect("free own");
-        slab.trim().expect("trim");
-        let end = slab.check().expect("check");
-        assert_consistent(&end, "at the end");
-        for (c, k) in end.classes.iter().enumerate() {
-            assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-        }
+        common::assert_every_slot_free(&slab, "at the end");
     }
 
     #[test]

@@ -631,12 +631,7 @@ fn handles_passed_between_four_busy_processes_are_freed_exactly_once_by_their_re
     assert_eq!(sent, received, "every handle sent was received and freed");
     assert!(sent > ops / 10, "few handles crossed processes");
 
-    slab.trim().expect("trim");
-    let report = slab.check().expect("check");
-    assert!(report.is_consistent(), "{:#?}", report.findings);
-    for (c, k) in report.classes.iter().enumerate() {
-        assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-    }
+    common::assert_every_slot_free(&slab, "at the end");
     let stats = slab.stats();
     for (c, k) in stats.classes.iter().enumerate() {
         assert_eq!((k.slots, k.in_use), (k.free, 0), "class {c}: {k:?}");
@@ -804,12 +799,7 @@ fn a_slot_allocated_in_one_process_is_freed_by_another_exactly_once_and_old_hand
     // clean exit returns it (the final check counts no cached slot).
     exit_server(a);
     exit_server(b);
-    slab.trim().expect("trim");
-    let report = slab.check().expect("check");
-    assert!(report.is_consistent(), "{:#?}", report.findings);
-    for (c, k) in report.classes.iter().enumerate() {
-        assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-    }
+    common::assert_every_slot_free(&slab, "at the end");
 }
 
 /// A process that frees a slot someone else allocated, and never allocates
@@ -978,12 +968,7 @@ fn two_processes_racing_to_free_the_same_handles_free_each_exactly_once() {
     );
     assert_eq!(wins[0] + wins[1], N);
 
-    slab.trim().expect("trim");
-    let report = slab.check().expect("check");
-    assert!(report.is_consistent(), "{:#?}", report.findings);
-    for (c, k) in report.classes.iter().enumerate() {
-        assert_eq!((k.allocated, k.cached), (0, 0), "class {c}: {k:?}");
-    }
+    common::assert_every_slot_free(&slab, "at the end");
     for h in &handles {
         assert!(
             matches!(

@@ -233,3 +233,21 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 pub mod live;
+
+/// Trims `slab`'s thread cache, checks the segment, and asserts the check is
+/// consistent and that no slot of any class is still allocated or cached —
+/// the state every multi-process test must end in. `when` names the moment
+/// in a failure; the report is returned for further assertions.
+pub fn assert_every_slot_free(slab: &shmslab::Slab, when: &str) -> shmslab::Report {
+    slab.trim().expect("trim");
+    let report = slab.check().expect("check");
+    assert!(
+        report.is_consistent(),
+        "{when}: check found problems: {:#?}",
+        report.findings
+    );
+    for (c, k) in report.classes.iter().enumerate() {
+        assert_eq!((k.allocated, k.cached), (0, 0), "{when}: class {c}: {k:?}");
+    }
+    report
+}
