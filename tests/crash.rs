@@ -14,7 +14,9 @@
 mod common;
 
 use common::child_args;
-use common::live::{LiveChild, SharedWords, SpinBarrier, from_hex, hear, say, segment_dir, to_hex};
+use common::live::{
+    LiveChild, SharedWords, SpinBarrier, from_hex, hear, say, segment_dir, small_segment, to_hex,
+};
 use shmslab::{ClassCheck, Error, Report, Slab, SlotRef};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -103,12 +105,7 @@ fn segment_with_own_slots(
     large: usize,
     when: &str,
 ) -> (tempfile::TempDir, PathBuf, Slab, Vec<SlotRef>, Report) {
-    let dir = segment_dir();
-    let path = dir.path().join(file);
-    let slab = Slab::builder()
-        .initial_size(64 << 10)
-        .create(&path)
-        .expect("create");
+    let (dir, path, slab) = small_segment(file);
     let own: Vec<SlotRef> = (0..small)
         .map(|_| slab.alloc_bytes(64).expect("alloc"))
         .chain((0..large).map(|_| slab.alloc_bytes(3000).expect("alloc")))

@@ -12,7 +12,8 @@ mod common;
 
 use common::child_args;
 use common::live::{
-    LiveChild, SharedWords, SpinBarrier, XorShift, from_hex, hear, say, segment_dir, to_hex,
+    LiveChild, SharedWords, SpinBarrier, XorShift, from_hex, hear, say, segment_dir, small_segment,
+    to_hex,
 };
 use shmslab::{Error, Slab, SlotRef};
 use std::collections::BTreeMap;
@@ -188,6 +189,14 @@ fn stress_child(args: &[String]) {
     );
 }
 
+/// Operations per stress process: `SHMSLAB_STRESS_OPS`, else 100,000.
+fn stress_ops() -> u64 {
+    std::env::var("SHMSLAB_STRESS_OPS")
+        .ok()
+        .map(|v| v.parse().expect("SHMSLAB_STRESS_OPS is a number"))
+        .unwrap_or(100_000)
+}
+
 /// The acceptance test: 4 processes × 100,000 random operations,
 /// all attached while the segment grows from 64 KiB; no slot is ever
 /// handed out twice, and at the end every slot is free.
@@ -197,16 +206,8 @@ fn four_processes_allocating_concurrently_never_get_the_same_slot_and_end_with_e
         return stress_child(&args);
     }
     const CHILDREN: usize = 4;
-    let ops: u64 = std::env::var("SHMSLAB_STRESS_OPS")
-        .ok()
-        .map(|v| v.parse().expect("SHMSLAB_STRESS_OPS is a number"))
-        .unwrap_or(100_000);
-    let dir = segment_dir();
-    let path = dir.path().join("stress.shm");
-    let slab = Slab::builder()
-        .initial_size(64 << 10)
-        .create(&path)
-        .expect("create");
+    let ops = stress_ops();
+    let (dir, path, slab) = small_segment("stress.shm");
     let barrier_path = dir.path().join("barrier");
     SpinBarrier::create(&barrier_path);
     let parties = (CHILDREN + 1).to_string();
@@ -319,12 +320,7 @@ fn killing_one_of_four_busy_processes_and_reclaiming_it_at_once_disturbs_no_othe
         return stress_child(&args);
     }
     const WORKERS: usize = 3;
-    let dir = segment_dir();
-    let path = dir.path().join("kill-under-load.shm");
-    let slab = Slab::builder()
-        .initial_size(64 << 10)
-        .create(&path)
-        .expect("create");
+    let (dir, path, slab) = small_segment("kill-under-load.shm");
     let p = path.to_str().unwrap();
     let mut reclaimed_total = 0;
     for (round, delay_ms) in [1u64, 5, 15, 30, 60].into_iter().enumerate() {
@@ -580,16 +576,8 @@ fn handles_passed_between_four_busy_processes_are_freed_exactly_once_by_their_re
         return passing_child(&args);
     }
     const CHILDREN: usize = 4;
-    let ops: u64 = std::env::var("SHMSLAB_STRESS_OPS")
-        .ok()
-        .map(|v| v.parse().expect("SHMSLAB_STRESS_OPS is a number"))
-        .unwrap_or(100_000);
-    let dir = segment_dir();
-    let path = dir.path().join("passing.shm");
-    let slab = Slab::builder()
-        .initial_size(64 << 10)
-        .create(&path)
-        .expect("create");
+    let ops = stress_ops();
+    let (dir, path, slab) = small_segment("passing.shm");
     let words_path = dir.path().join("rings");
     SharedWords::create(&words_path, CHILDREN * RING_WORDS);
     let barrier_path = dir.path().join("barrier");
@@ -1010,12 +998,7 @@ fn grower_child(args: &[String]) {
 /// A new segment named `file` in a fresh directory, and a grower child
 /// (a role of `test`) told to go and grow it 120 times.
 fn segment_with_grower(test: &str, file: &str) -> (tempfile::TempDir, Slab, LiveChild) {
-    let dir = segment_dir();
-    let path = dir.path().join(file);
-    let slab = Slab::builder()
-        .initial_size(64 << 10)
-        .create(&path)
-        .expect("create");
+    let (dir, path, slab) = small_segment(file);
     let mut grower = LiveChild::spawn(test, "grower", &[path.to_str().unwrap(), "120"], &[]);
     grower.expect("READY", MSG_TIMEOUT);
     grower.send("GO");

@@ -357,6 +357,18 @@ pub fn segment_dir() -> tempfile::TempDir {
         .expect("a temporary directory")
 }
 
+/// A fresh [`segment_dir`] holding a new 64 KiB segment named `file`: small
+/// enough that a test's allocations make it grow while others are attached.
+pub fn small_segment(file: &str) -> (tempfile::TempDir, std::path::PathBuf, shmslab::Slab) {
+    let dir = segment_dir();
+    let path = dir.path().join(file);
+    let slab = shmslab::Slab::builder()
+        .initial_size(64 << 10)
+        .create(&path)
+        .expect("create");
+    (dir, path, slab)
+}
+
 /// A 16-byte handle as 32 hex digits, for a message line.
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
