@@ -15,7 +15,8 @@ mod common;
 
 use common::child_args;
 use common::live::{
-    LiveChild, SharedWords, SpinBarrier, from_hex, hear, say, segment_dir, small_segment, to_hex,
+    LiveChild, SharedWords, SpinBarrier, from_hex, hear, new_segment, say, segment_dir,
+    small_segment, to_hex,
 };
 use shmslab::{ClassCheck, Error, Report, Slab, SlotRef};
 use std::path::PathBuf;
@@ -269,9 +270,7 @@ fn a_process_that_exits_cleanly_leaves_its_allocations_valid_and_returns_its_cac
     if let Some(args) = child_args("holder") {
         return holder_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("clean-exit.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (_dir, path, slab) = new_segment("clean-exit.shm");
     let own = slab.alloc_bytes(64).expect("alloc");
     let before = slab.check().expect("check");
 
@@ -378,9 +377,7 @@ fn a_dead_process_slot_freed_by_another_process_before_reclaim_is_not_reclaimed_
     if let Some(args) = child_args("holder") {
         return holder_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("late-free.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (_dir, path, slab) = new_segment("late-free.shm");
     let (handles, share) = kill_a_holder(&slab, TEST, &path);
     // A late free of a dead process's slot, before anyone reclaims it.
     for (h, _) in &handles[..3] {
@@ -410,9 +407,7 @@ fn a_late_free_racing_reclaim_in_another_process_frees_each_slot_once() {
     if let Some(args) = child_args("reclaimer") {
         return reclaimer_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("late-free-race.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (dir, path, slab) = new_segment("late-free-race.shm");
     let (mut late_ok, mut late_stale, mut by_reclaim) = (0u64, 0u64, 0u64);
     for round in 0..10 {
         let (handles, share) = kill_a_holder(&slab, TEST, &path);
@@ -463,9 +458,7 @@ fn two_processes_reclaiming_the_same_dead_process_at_once_free_its_slots_once() 
     if let Some(args) = child_args("reclaimer") {
         return reclaimer_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("double-reclaim.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (dir, path, slab) = new_segment("double-reclaim.shm");
     let mut double_counted_rows = 0;
     for round in 0..20 {
         let (_, share) = kill_a_holder(&slab, TEST, &path);
@@ -590,9 +583,7 @@ fn reclaim_frees_the_slots_of_a_row_left_half_claimed_by_a_dying_process() {
     if let Some(args) = child_args("holder") {
         return holder_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("half-claimed.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (_dir, path, slab) = new_segment("half-claimed.shm");
     let share = kill_a_holder_and_leave_its_row_half_claimed(&slab, TEST, &path);
     let reclaimed = slab.reclaim_dead().expect("reclaim_dead");
     let report = slab.check().expect("check");
@@ -901,9 +892,7 @@ mod fault_injection {
             return reclaimer_child(&args);
         }
         const FREED_BEFORE_CRASH: u64 = 5;
-        let dir = segment_dir();
-        let path = dir.path().join("reclaim-crash.shm");
-        let slab = Slab::builder().create(&path).expect("create");
+        let (dir, path, slab) = new_segment("reclaim-crash.shm");
         let own = slab.alloc_bytes(64).expect("alloc");
         let before = slab.check().expect("check");
         let (handles, share) = kill_a_holder(&slab, TEST, &path);

@@ -72,7 +72,9 @@
 mod common;
 
 use common::child_args;
-use common::live::{LiveChild, SharedWords, XorShift, from_hex, hear, say, segment_dir, to_hex};
+use common::live::{
+    LiveChild, SharedWords, XorShift, from_hex, hear, new_segment, say, segment_dir, to_hex,
+};
 use shmslab::{CRASH_POINTS, Error, PeerInfo, Report, Slab, SlotRef};
 use std::collections::HashSet;
 use std::io::Write;
@@ -2099,9 +2101,7 @@ fn check_does_not_report_the_reserved_root_of_a_dead_inserter() {
     if let Some(args) = child_args("root_inserter") {
         return root_inserter_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("reserved-root.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (_dir, path, slab) = new_segment("reserved-root.shm");
     let mut child = LiveChild::spawn(
         NAME,
         "root_inserter",
@@ -2153,9 +2153,7 @@ fn taking_over_a_dead_holders_lock_takes_milliseconds_not_half_a_second() {
     if let Some(args) = child_args("lock_holder") {
         return lock_holder_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("dead-holder.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (_dir, path, slab) = new_segment("dead-holder.shm");
     // Put slots on class 0's free list, so the child's refill pops one.
     let held: Vec<SlotRef> = (0..600)
         .map(|_| slab.alloc_bytes(64).expect("alloc"))

@@ -12,8 +12,8 @@ mod common;
 
 use common::child_args;
 use common::live::{
-    LiveChild, SharedWords, SpinBarrier, XorShift, from_hex, hear, say, segment_dir, small_segment,
-    to_hex,
+    LiveChild, SharedWords, SpinBarrier, XorShift, from_hex, hear, new_segment, say, segment_dir,
+    small_segment, to_hex,
 };
 use shmslab::{Error, Slab, SlotRef};
 use std::collections::BTreeMap;
@@ -702,9 +702,7 @@ fn a_slot_allocated_in_one_process_is_freed_by_another_exactly_once_and_old_hand
     if let Some(args) = child_args("server") {
         return server_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("cross.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (_dir, path, slab) = new_segment("cross.shm");
     let mut a = server(TEST, &path);
     let mut b = server(TEST, &path);
 
@@ -799,9 +797,7 @@ fn a_process_that_only_frees_returns_the_freed_slots_when_it_detaches() {
     if let Some(args) = child_args("server") {
         return server_child(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("free-only.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (_dir, path, slab) = new_segment("free-only.shm");
     let handles: Vec<SlotRef> = (0..3)
         .map(|_| slab.alloc_bytes(100).expect("alloc"))
         .collect();

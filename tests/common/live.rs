@@ -357,15 +357,25 @@ pub fn segment_dir() -> tempfile::TempDir {
         .expect("a temporary directory")
 }
 
-/// A fresh [`segment_dir`] holding a new 64 KiB segment named `file`: small
-/// enough that a test's allocations make it grow while others are attached.
+/// A fresh [`segment_dir`] holding a new segment named `file`, made with the
+/// default settings.
+pub fn new_segment(file: &str) -> (tempfile::TempDir, std::path::PathBuf, shmslab::Slab) {
+    segment_from(file, shmslab::Slab::builder())
+}
+
+/// [`new_segment`] at 64 KiB: small enough that a test's allocations make it
+/// grow while others are attached.
 pub fn small_segment(file: &str) -> (tempfile::TempDir, std::path::PathBuf, shmslab::Slab) {
+    segment_from(file, shmslab::Slab::builder().initial_size(64 << 10))
+}
+
+fn segment_from(
+    file: &str,
+    builder: shmslab::SlabBuilder,
+) -> (tempfile::TempDir, std::path::PathBuf, shmslab::Slab) {
     let dir = segment_dir();
     let path = dir.path().join(file);
-    let slab = shmslab::Slab::builder()
-        .initial_size(64 << 10)
-        .create(&path)
-        .expect("create");
+    let slab = builder.create(&path).expect("create");
     (dir, path, slab)
 }
 
