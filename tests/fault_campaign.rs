@@ -2087,14 +2087,11 @@ fn root_inserter_child(args: &[String]) {
 /// Found by the campaign at `root.reserved` (any round, any hit): a process
 /// killed inside `root_or_insert` after writing its entry *reserved* leaves
 /// the entry for the next holder of the roots lock to clear (docs/DESIGN.md,
-/// "Named roots"). Until some process takes that lock, `check()` — which
-/// reads the root table without it — reports "root N: reserved: an insert is
-/// in progress or died", so a check right after the crash is not consistent
-/// though nothing is wrong (the growth journal is the only finding a crash
-/// may leave). In `src/check.rs`, `check_roots` should take the roots lock
-/// (as `lock_roots` in `src/typed/roots.rs` does, which clears a dead
-/// inserter's entries and waits out a live one) or tell a dead inserter's
-/// entry (the roots lock word names a dead token) from a live insert.
+/// "Named roots"). `check()` reads the root table without that lock, and it
+/// used to report "root N: reserved: an insert is in progress or died" — a
+/// finding right after such a crash though nothing is wrong. Fixed in
+/// `check_roots` (`src/check.rs`): a reserved entry is harmless by the
+/// protocol and is not a finding.
 #[test]
 fn check_does_not_report_the_reserved_root_of_a_dead_inserter() {
     const NAME: &str = "check_does_not_report_the_reserved_root_of_a_dead_inserter";
@@ -2132,21 +2129,14 @@ fn lock_holder_child(args: &[String]) {
 }
 
 /// Found by the campaign (the points where the crasher dies holding a class
-/// lock — `refill.*`, `flush.pushed_meta`, `reclaim.slot_freed` — take ten
-/// times longer per round than the others when the machine is busy): the
-/// first process to want a lock whose holder died waits about half a second
-/// before taking it over, when the cores are busy. `lock::acquire`
-/// (`src/pool/lock.rs`) asks the kernel whether the holder lives only every
-/// 512 rounds; `Backoff::wait` yields for the first millisecond and then
-/// sleeps up to 1 ms a round. On an idle machine a yield returns at once and
-/// round 512 comes after ~0.25 ms; when other threads want the cores (here
-/// two spinning threads; in the campaign the busy child and the other
-/// processes), a yield gives the core away, the wait passes 1 ms within a few
-/// rounds, and the ~450 remaining rounds sleep ~1 ms each: ~0.5 s. Every
-/// allocation, flush, `check()` or reclaim that needs that class stalls that
-/// long after such a crash. Asking the kernel by elapsed time (say once the
-/// wait passes 1 ms, then every few ms; it is one `fcntl`) instead of by
-/// round count would bound the takeover at a few milliseconds.
+/// lock — `refill.*`, `flush.pushed_meta`, `reclaim.slot_freed` — took ten
+/// times longer per round than the others when the machine was busy): the
+/// first process to want a lock whose holder died waited about half a second
+/// before taking it over. `lock::acquire` asked the kernel whether the holder
+/// lived only every 512 rounds, and on busy cores those rounds were ~1 ms
+/// sleeps. Fixed in `src/pool/lock.rs`: the waiter asks by elapsed time
+/// (after the first millisecond, then every two), so a takeover takes
+/// milliseconds.
 #[test]
 fn taking_over_a_dead_holders_lock_takes_milliseconds_not_half_a_second() {
     const NAME: &str = "taking_over_a_dead_holders_lock_takes_milliseconds_not_half_a_second";
