@@ -22,13 +22,15 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     b.check(f);
 }
 
-/// `n` simulated processes, each with its own pool (own local mutexes and
+/// `N` simulated processes, each with its own pool (own local mutexes and
 /// extent views) over one shared heap segment.
-fn processes(n: usize) -> Vec<(Arc<TestPool>, Owner)> {
-    heap_processes(CLASSES, PAGE, 8 << 10, n)
+fn processes<const N: usize>() -> [(Arc<TestPool>, Owner); N] {
+    let ps: Vec<_> = heap_processes(CLASSES, PAGE, 8 << 10, N)
         .into_iter()
         .map(|(p, o)| (Arc::new(p), o))
-        .collect()
+        .collect();
+    ps.try_into()
+        .unwrap_or_else(|_| unreachable!("heap_processes makes N"))
 }
 
 fn alloc(p: &TestPool, o: Owner) -> Result<SlotRef, Error> {
@@ -56,9 +58,7 @@ fn assert_consistent(p: &TestPool) {
 #[test]
 fn loom_models_two_allocs_get_distinct_slots() {
     model(|| {
-        let mut ps = processes(2);
-        let (p1, o1) = ps.pop().unwrap();
-        let (p0, o0) = ps.pop().unwrap();
+        let [(p0, o0), (p1, o1)] = processes();
         let t = thread::spawn(move || alloc(&p1, o1).unwrap());
         let a = alloc(&p0, o0).unwrap();
         let b = t.join().unwrap();
@@ -70,9 +70,7 @@ fn loom_models_two_allocs_get_distinct_slots() {
 #[test]
 fn loom_models_two_takes_from_one_free_list_get_distinct_slots() {
     model(|| {
-        let mut ps = processes(2);
-        let (p1, o1) = ps.pop().unwrap();
-        let (p0, o0) = ps.pop().unwrap();
+        let [(p0, o0), (p1, o1)] = processes();
         // Two slots on the shared list.
         let a = alloc(&p0, o0).unwrap();
         let b = alloc(&p0, o0).unwrap();
@@ -95,9 +93,7 @@ fn loom_models_two_takes_from_one_free_list_get_distinct_slots() {
 #[test]
 fn loom_models_alloc_racing_free() {
     model(|| {
-        let mut ps = processes(2);
-        let (p1, o1) = ps.pop().unwrap();
-        let (p0, o0) = ps.pop().unwrap();
+        let [(p0, o0), (p1, o1)] = processes();
         let h = alloc(&p0, o0).unwrap();
         let t = thread::spawn(move || {
             let b = alloc(&p1, o1).unwrap();
@@ -120,9 +116,7 @@ fn loom_models_alloc_racing_free() {
 #[test]
 fn loom_models_two_frees_of_one_handle_exactly_one_wins() {
     model(|| {
-        let mut ps = processes(2);
-        let (p1, o1) = ps.pop().unwrap();
-        let (p0, o0) = ps.pop().unwrap();
+        let [(p0, o0), (p1, o1)] = processes();
         let h = alloc(&p0, o0).unwrap();
         let t = thread::spawn(move || free(&p1, h, o1));
         let mine = free(&p0, h, o0);
@@ -141,9 +135,7 @@ fn loom_models_two_frees_of_one_handle_exactly_one_wins() {
 #[test]
 fn loom_models_growth_publishes_an_extent_while_another_process_allocates() {
     model(|| {
-        let mut ps = processes(2);
-        let (p1, o1) = ps.pop().unwrap();
-        let (p0, o0) = ps.pop().unwrap();
+        let [(p0, o0), (p1, o1)] = processes();
         // Use up the first extent so the next allocation needs growth.
         let first = p0.geo.first_slots[0] as usize;
         let held: Vec<_> = (0..first).map(|_| alloc(&p0, o0).unwrap()).collect();
@@ -173,9 +165,7 @@ fn loom_models_growth_publishes_an_extent_while_another_process_allocates() {
 #[test]
 fn loom_models_generation_and_size_are_published_before_the_extent() {
     model(|| {
-        let mut ps = processes(2);
-        let (p1, o1) = ps.pop().unwrap();
-        let (p0, _) = ps.pop().unwrap();
+        let [(p0, _), (p1, o1)] = processes();
         let before = p0.generation();
         let grower = thread::spawn(move || p1.grow(0, 0, o1).unwrap());
         // Whoever sees the extent count sees a current_size that covers it
@@ -193,10 +183,7 @@ fn loom_models_generation_and_size_are_published_before_the_extent() {
 #[test]
 fn loom_models_reclaim_racing_a_late_free() {
     model(|| {
-        let mut ps = processes(3);
-        let (pr, r) = ps.pop().unwrap();
-        let (pb, b) = ps.pop().unwrap();
-        let (pa, a) = ps.pop().unwrap();
+        let [(pa, a), (pb, b), (pr, r)] = processes();
         let h = alloc(&pa, a).unwrap();
         kill(&pa, 0); // A dies holding h; B got h earlier and frees it late.
         let late = thread::spawn(move || free(&pb, h, b));
@@ -220,10 +207,7 @@ fn loom_models_reclaim_racing_a_late_free() {
 #[test]
 fn loom_models_a_dead_lock_holder_is_taken_over_once() {
     model(|| {
-        let mut ps = processes(3);
-        let (pc, c) = ps.pop().unwrap();
-        let (pb, b) = ps.pop().unwrap();
-        let (pa, a) = ps.pop().unwrap();
+        let [(pa, a), (pb, b), (pc, c)] = processes();
         let word = pa
             .table_word(pa.geo.class_entry(0) + crate::format::cls::LOCK)
             .unwrap();
@@ -243,9 +227,7 @@ fn loom_models_two_root_or_insert_on_one_name_make_one_object() {
     use crate::error::Fingerprint;
     use crate::typed::roots;
     model(|| {
-        let mut ps = processes(2);
-        let (p1, o1) = ps.pop().unwrap();
-        let (p0, o0) = ps.pop().unwrap();
+        let [(p0, o0), (p1, o1)] = processes();
         let fp = Fingerprint {
             size: 8,
             align: 8,
