@@ -676,18 +676,26 @@ pub struct AttachOut {
 /// `iters` × (attach, drop) on shmslab, timed separately.
 #[inline(never)] // a symbol of its own, for profiles
 pub fn attach_shm(t: &AttachTarget, iters: u32) -> AttachOut {
+    time_attach("attach/shmslab", iters, || {
+        Slab::attach(t.file.path()).expect("attach")
+    })
+}
+
+/// `iters` × (`attach()`, drop of what it returned), each timed on its own.
+#[inline(always)]
+fn time_attach<T>(label: &str, iters: u32, mut attach: impl FnMut() -> T) -> AttachOut {
     let r0 = mono_ns();
     let (mut at, mut dr) = (Duration::ZERO, Duration::ZERO);
     for _ in 0..iters {
         let t0 = Instant::now();
-        let s = Slab::attach(t.file.path()).expect("attach");
+        let attached = attach();
         let t1 = Instant::now();
-        drop(s);
+        drop(attached);
         let t2 = Instant::now();
         at += t1 - t0;
         dr += t2 - t1;
     }
-    region("attach/shmslab", r0, mono_ns());
+    region(label, r0, mono_ns());
     AttachOut {
         attach: at / iters,
         drop: dr / iters,
@@ -709,22 +717,9 @@ pub fn build_rts_target(bytes: u64) -> RtsTarget {
 /// `iters` × (open + join, drop) on rts-alloc.
 #[inline(never)] // a symbol of its own, for profiles
 pub fn attach_rts(t: &RtsTarget, iters: u32) -> AttachOut {
-    let r0 = mono_ns();
-    let (mut at, mut dr) = (Duration::ZERO, Duration::ZERO);
-    for _ in 0..iters {
-        let t0 = Instant::now();
+    time_attach("attach/rts-alloc", iters, || {
         let f = open_rw(t.file.path(), false);
         let a = rts_alloc::Allocator::join(&f).expect("rts join");
-        let t1 = Instant::now();
-        drop(a);
-        drop(f);
-        let t2 = Instant::now();
-        at += t1 - t0;
-        dr += t2 - t1;
-    }
-    region("attach/rts-alloc", r0, mono_ns());
-    AttachOut {
-        attach: at / iters,
-        drop: dr / iters,
-    }
+        (a, f) // dropped in this order: the allocator, then the file
+    })
 }
