@@ -94,48 +94,29 @@ fn a_second_free_is_a_double_free_and_an_old_handle_is_stale() {
 fn handles_that_name_no_slot_are_invalid() {
     let (p, o) = pool(&[64, 128], 1);
     let h = alloc(&p, 0, o[0]);
-    let mut bad = h;
-    bad.class = 9;
-    assert!(matches!(
-        p.check_ref(&bad),
-        Err(Error::InvalidHandle { .. })
-    ));
-    let mut bad = h;
-    bad.extent = 5;
-    assert!(matches!(
-        p.check_ref(&bad),
-        Err(Error::InvalidHandle { .. })
-    ));
-    let mut bad = h;
-    bad.index = 1 << 20;
-    assert!(matches!(
-        p.check_ref(&bad),
-        Err(Error::InvalidHandle { .. })
-    ));
-    let mut bad = h;
-    bad.generation = 0;
-    assert!(matches!(
-        p.check_ref(&bad),
-        Err(Error::InvalidHandle { .. })
-    ));
-    let mut bad = h;
-    bad.reserved = 1;
-    assert!(matches!(
-        p.check_ref(&bad),
-        Err(Error::InvalidHandle { .. })
-    ));
+    type Forgery = (&'static str, fn(&mut SlotRef));
+    let invalid: [Forgery; 6] = [
+        ("no such class", |b| b.class = 9),
+        ("no such extent", |b| b.extent = 5),
+        ("index past the extent", |b| b.index = 1 << 20),
+        ("generation 0", |b| b.generation = 0),
+        ("reserved bits set", |b| b.reserved = 1),
+        // Class 1 has no extent yet: its slot 0 does not exist.
+        ("a class with no extent", |b| b.class = 1),
+    ];
+    for (what, forge) in invalid {
+        let mut bad = h;
+        forge(&mut bad);
+        assert!(
+            matches!(p.check_ref(&bad), Err(Error::InvalidHandle { .. })),
+            "{what}"
+        );
+    }
     let mut bad = h;
     bad.segment ^= 1;
     assert!(matches!(
         p.check_ref(&bad),
         Err(Error::ForeignHandle { .. })
-    ));
-    // Class 1 has no extent yet: its slot 0 does not exist.
-    let mut bad = h;
-    bad.class = 1;
-    assert!(matches!(
-        p.check_ref(&bad),
-        Err(Error::InvalidHandle { .. })
     ));
 }
 
