@@ -114,6 +114,22 @@ impl ClassView {
         self.known.store(e as u32 + 1, Ordering::Release);
     }
 
+    /// Where slot `i` of extent `e` lives. The caller has checked that
+    /// `e < known` and `i` is below the extent's slot count: that makes the
+    /// address one [`Pool::meta`] may use.
+    #[inline(always)]
+    fn slot_addr(&self, e: usize, i: u32) -> SlotAddr {
+        // `% MAX_EXTENTS` is a no-op for a checked `e`; it spares the hot
+        // path a bounds check.
+        let view = &self.extents[e % MAX_EXTENTS];
+        let i = i as u64;
+        SlotAddr {
+            meta: view.meta.load(Ordering::Relaxed) + 8 * i,
+            data: view.data.load(Ordering::Relaxed) + self.size * i,
+            size: self.size,
+        }
+    }
+
     /// Slots in the first `n` checked extents (`n` at most `known`).
     pub(crate) fn slots_in(&self, n: u32) -> u64 {
         self.extents
@@ -309,16 +325,11 @@ impl<M: Memory> Pool<M> {
         if e >= cv.known.load(Ordering::Acquire) as usize {
             self.locate_new_extent(c, e)?;
         }
-        let view = &cv.extents[e % MAX_EXTENTS];
-        let i = id.index() as u64;
-        if i >= view.slots.load(Ordering::Relaxed) as u64 {
+        let i = id.index();
+        if i >= cv.extents[e % MAX_EXTENTS].slots.load(Ordering::Relaxed) {
             return Err(invalid("slot index past its extent"));
         }
-        Ok(SlotAddr {
-            meta: view.meta.load(Ordering::Relaxed) + 8 * i,
-            data: view.data.load(Ordering::Relaxed) + cv.size * i,
-            size: cv.size,
-        })
+        Ok(cv.slot_addr(e, i))
     }
 
     /// An id in an extent we have not checked yet: look for new extents.
@@ -333,10 +344,12 @@ impl<M: Memory> Pool<M> {
     /// The metadata word of a located slot.
     #[inline(always)]
     pub(crate) fn meta(&self, addr: SlotAddr) -> &AtomicU64 {
-        // SAFETY: `addr` came from `locate`, whose extent view was checked
-        // (`check_extent`) to lie inside `current_size`, which `observe` made
-        // addressable before the view was published; the meta array starts
-        // page aligned, so `addr.meta` is 8-aligned.
+        // SAFETY: `addr` came from `locate` or, for a slot `locate` would
+        // accept (`e < known`, index below the extent's count), from
+        // `slot_addr`. Either way its extent view was checked (`check_extent`)
+        // to lie inside `current_size`, which `observe` made addressable
+        // before the view was published; the meta array starts page aligned,
+        // so `addr.meta` is 8-aligned.
         unsafe { self.mem.word(addr.meta) }
     }
 
@@ -518,10 +531,8 @@ impl<M: Memory> Pool<M> {
         for e in 0..known {
             let slots = cv.extents[e].slots.load(Ordering::Relaxed);
             for i in 0..slots {
-                let id = SlotId::new(e as u32, i);
-                if let Ok(addr) = self.locate(c, id) {
-                    f(id, self.meta(addr));
-                }
+                // e < known and i < slots: the address `locate` would give.
+                f(SlotId::new(e as u32, i), self.meta(cv.slot_addr(e, i)));
             }
         }
         Ok(())
