@@ -185,18 +185,16 @@ fn release_owned<M: Memory>(
     how: Disposal,
 ) -> Result<(u64, u64)> {
     let _guard = pool.lock_class(c, me)?;
-    let mut ids = Vec::new();
+    let list = pool.free_list(c)?;
+    let owned_by_dead = |m: Meta| {
+        matches!(m.state(), SlotState::Cached | SlotState::Allocated) && m.payload() == dead_id
+    };
+    let (mut freed, mut kept) = (0u64, 0u64);
     pool.for_each_slot(c, |id, w| {
         let m = Meta(w.load(Ordering::Acquire));
-        if matches!(m.state(), SlotState::Cached | SlotState::Allocated) && m.payload() == dead_id {
-            ids.push(id);
+        if !owned_by_dead(m) {
+            return;
         }
-    })?;
-    let list = pool.free_list(c)?;
-    let (mut freed, mut kept) = (0u64, 0u64);
-    for id in ids {
-        let w = pool.meta(pool.locate(c, id)?);
-        let m = Meta(w.load(Ordering::Acquire));
         let keep = m.state() == SlotState::Allocated
             && (how == Disposal::Detach || rooted.contains(&(c, id.raw(), m.generation())));
         if keep {
@@ -206,15 +204,13 @@ fn release_owned<M: Memory>(
             {
                 kept += 1;
             }
-            continue;
+            return;
         }
         // Same CAS a late free would race with: whoever wins, the slot is
         // freed once. Reclaim bumps the generation so a late free of a dead
         // owner's handle reports it stale.
         let pushed = list.push(w, id, |now| {
-            let owned = matches!(now.state(), SlotState::Cached | SlotState::Allocated)
-                && now.payload() == dead_id;
-            owned.then(|| match how {
+            owned_by_dead(now).then(|| match how {
                 Disposal::Reclaim => now.next_generation(),
                 Disposal::Detach => now.generation(),
             })
@@ -223,7 +219,7 @@ fn release_owned<M: Memory>(
             freed += 1;
             crash_point("reclaim.slot_freed");
         }
-    }
+    })?;
     Ok((freed, kept))
 }
 
