@@ -19,7 +19,7 @@ impl<M: Memory> Pool<M> {
     /// holder died inside.
     pub(crate) fn lock_class(&self, c: usize, owner: Owner) -> Result<SharedGuard<'_>> {
         let cv = self.class(c);
-        let word = self.table_word(cv.entry + cls::LOCK)?;
+        let word = self.table_word(self.geo.class_entry(c) + cls::LOCK)?;
         let mut guard = self.lock_shared(&cv.local, word, owner)?;
         if guard.recovered {
             if let Err(e) = self.rebuild_list(c) {
@@ -33,7 +33,7 @@ impl<M: Memory> Pool<M> {
     /// Whether class `c` looks like it has a free or fresh slot: a lock-free
     /// peek at two words, so allocation can skip empty classes cheaply.
     pub(crate) fn has_free(&self, c: usize) -> bool {
-        let entry = self.class(c).entry;
+        let entry = self.geo.class_entry(c);
         let word = |off| {
             self.table_word(entry + off)
                 .map(|w| w.load(Ordering::Acquire))
@@ -119,7 +119,7 @@ impl<M: Memory> Pool<M> {
         out: &mut Vec<SlotId>,
     ) -> Result<u32> {
         let known = self.refresh(c)?;
-        let cursor_w = self.table_word(self.class(c).entry + cls::FRESH)?;
+        let cursor_w = self.table_word(self.geo.class_entry(c) + cls::FRESH)?;
         let cursor = cursor_w.load(Ordering::Acquire);
         let (mut e, mut i) = cls::cursor_parts(cursor);
         if e > known {
@@ -175,9 +175,7 @@ impl<M: Memory> Pool<M> {
         let mut lost = 0;
         for &id in slots {
             let w = self.meta(self.locate(c, id)?);
-            let cached_by_owner =
-                |m: Meta| m.state() == SlotState::Cached && m.payload() == owner.id;
-            match list.push(w, id, |m| cached_by_owner(m).then(|| m.generation())) {
+            match list.push(w, id, |m| m.is_cached_by(owner.id).then(|| m.generation())) {
                 true => crash_point("flush.pushed_meta"),
                 false => lost += 1,
             }
@@ -192,7 +190,7 @@ impl<M: Memory> Pool<M> {
 
     /// Class `c`'s shared free list. Caller holds the class lock.
     pub(crate) fn free_list(&self, c: usize) -> Result<FreeList<'_>> {
-        let entry = self.class(c).entry;
+        let entry = self.geo.class_entry(c);
         Ok(FreeList {
             head: self.table_word(entry + cls::FREE_HEAD)?,
             count: self.table_word(entry + cls::FREE_COUNT)?,
@@ -213,18 +211,22 @@ impl<M: Memory> Pool<M> {
             Some(id) => cls::cursor(id.extent(), id.index() + 1),
             None => 0,
         };
-        self.table_word(self.class(c).entry + cls::FRESH)?
+        self.table_word(self.geo.class_entry(c) + cls::FRESH)?
             .store(cursor, Ordering::Release);
-        self.rebuild_list(c).map(|_| ())
+        self.rebuild_list(c)
     }
 
     /// Rebuilds class `c`'s free list from the metadata words: every slot in
     /// state *free*, and only those — plus fresh slots behind the fresh
     /// cursor, which a holder that died while claiming them left behind.
     /// Caller holds the class lock.
-    pub(crate) fn rebuild_list(&self, c: usize) -> Result<u64> {
-        self.refresh(c)?;
-        let cursor = cls::cursor_parts(format::load(&self.mem, self.class(c).entry + cls::FRESH)?);
+    pub(crate) fn rebuild_list(&self, c: usize) -> Result<()> {
+        // for_each_slot loads extents published since we last looked. The
+        // cursor only moves under the class lock, which the caller holds.
+        let cursor = cls::cursor_parts(format::load(
+            &self.mem,
+            self.geo.class_entry(c) + cls::FRESH,
+        )?);
         let mut head = SlotId::NIL;
         let mut count = 0u64;
         self.for_each_slot(c, |id, w| {
@@ -242,7 +244,7 @@ impl<M: Memory> Pool<M> {
         let list = self.free_list(c)?;
         list.head.store(head.raw() as u64, Ordering::Release);
         list.count.store(count, Ordering::Relaxed);
-        Ok(count)
+        Ok(())
     }
 }
 
