@@ -297,9 +297,9 @@ impl Slab {
         let cache = ThreadCache::new(&self.limits);
         let mut cache = cache.borrow_mut();
         let got = self.alloc_slow(&mut cache, first, align);
-        for (c, stack) in cache.stacks.iter_mut().enumerate() {
-            let _ = self.flush(c, stack, 0);
-        }
+        // The slot is ours either way; a failed flush leaves the rest cached
+        // by us, for detach or reclaim.
+        let _ = self.flush_all(&mut cache);
         got
     }
 
@@ -428,7 +428,12 @@ impl Slab {
         let Some(cache) = self.cache() else {
             return Ok(());
         };
-        let mut cache = cache.borrow_mut();
+        self.flush_all(&mut cache.borrow_mut())
+    }
+
+    /// Returns every slot of every stack of `cache` to the shared lists
+    /// (all classes are tried; the last error is reported).
+    fn flush_all(&self, cache: &mut ThreadCache) -> Result<()> {
         let mut result = Ok(());
         for (c, stack) in cache.stacks.iter_mut().enumerate() {
             if let Err(e) = self.flush(c, stack, 0) {
