@@ -322,20 +322,16 @@ impl Slab {
     ) -> Result<(usize, SlotId)> {
         // Growth can be consumed by other processes before we get a slot of
         // it; a few rounds settle that, more would mean something is wrong.
+        // (`class_for` chose `first` for `align`, and its stack is empty.)
         for _ in 0..16 {
-            let mut seen = 0;
-            if let Some(id) = self.refill(cache, first, align, true, &mut seen)? {
+            let (got, seen) = self.refill(cache, first)?;
+            if let Some(id) = got {
                 return Ok((first, id));
             }
             match self.pool.grow(first, seen, self.me) {
                 Ok(()) => {}
                 Err(e @ (Error::OutOfSpace { .. } | Error::ClassFull { .. })) => {
-                    for c in first + 1..self.pool.class_count() {
-                        if let Some(id) = self.refill(cache, c, align, false, &mut seen)? {
-                            return Ok((c, id));
-                        }
-                    }
-                    return Err(e);
+                    return self.fall_through(cache, first, align)?.ok_or(e);
                 }
                 Err(e) => return Err(e),
             }
@@ -345,39 +341,44 @@ impl Slab {
         ))
     }
 
-    /// One slot of class `c` from the cache or, refilling it, the shared
-    /// list. `always` takes the class lock even if a peek says it is empty,
-    /// and records the extent count seen (for growth) in `seen`.
-    fn refill(
+    /// Growth of class `first` was refused: a slot of a larger class with
+    /// alignment `align` that has one cached or on its shared list.
+    fn fall_through(
         &self,
         cache: &mut ThreadCache,
-        c: usize,
+        first: usize,
         align: u64,
-        always: bool,
-        seen: &mut u32,
-    ) -> Result<Option<SlotId>> {
-        if self.pool.class(c).align < align {
-            return Ok(None);
-        }
-        if let Some(id) = cache.stacks[c].pop() {
-            return Ok(Some(id));
-        }
-        if always || self.pool.has_free(c) {
-            let batch = (cache.stacks[c].limit() / 2).max(1);
-            let ThreadCache { stacks, scratch } = cache;
-            scratch.clear();
-            // Slots taken before an error are ours (cached by us): keep them.
-            let taken = self.pool.take(c, self.me, batch, scratch);
-            for &id in scratch.iter() {
-                stacks[c].push(id);
+    ) -> Result<Option<(usize, SlotId)>> {
+        for c in first + 1..self.pool.class_count() {
+            if self.pool.class(c).align < align {
+                continue;
             }
-            let count = taken?;
-            if always {
-                *seen = count;
+            if let Some(id) = cache.stacks[c].pop() {
+                return Ok(Some((c, id)));
             }
-            return Ok(stacks[c].pop());
+            if self.pool.has_free(c) {
+                if let (Some(id), _) = self.refill(cache, c)? {
+                    return Ok(Some((c, id)));
+                }
+            }
         }
         Ok(None)
+    }
+
+    /// Moves a batch of class `c`'s free or fresh slots from the shared
+    /// list into the cache and pops one. Also returns the extent count the
+    /// take saw, which growth needs.
+    fn refill(&self, cache: &mut ThreadCache, c: usize) -> Result<(Option<SlotId>, u32)> {
+        let batch = (cache.stacks[c].limit() / 2).max(1);
+        let ThreadCache { stacks, scratch } = cache;
+        scratch.clear();
+        // Slots taken before an error are ours (cached by us): keep them.
+        let taken = self.pool.take(c, self.me, batch, scratch);
+        for &id in scratch.iter() {
+            stacks[c].push(id);
+        }
+        let seen = taken?;
+        Ok((stacks[c].pop(), seen))
     }
 
     /// Frees the slot a handle names. Exactly one of two racing frees of one
