@@ -744,11 +744,7 @@ fn forged_slices_with_huge_lengths_and_indices_fail_cleanly() {
 }
 
 fn scratch_slab() -> (tempfile::TempDir, Slab) {
-    let dir = common::live::segment_dir();
-    let slab = Slab::builder()
-        .classes(&CLASSES)
-        .create(dir.path().join("s.shm"))
-        .unwrap();
+    let (dir, _, slab) = common::live::segment_with("s.shm", Slab::builder().classes(&CLASSES));
     (dir, slab)
 }
 

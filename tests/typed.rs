@@ -41,11 +41,7 @@ struct TooAligned {
 }
 
 fn segment() -> (tempfile::TempDir, Slab) {
-    let dir = tempfile::tempdir().unwrap();
-    let slab = Slab::builder()
-        .initial_size(64 << 10)
-        .create(dir.path().join("typed.shm"))
-        .unwrap();
+    let (dir, _, slab) = common::live::small_segment("typed.shm");
     (dir, slab)
 }
 

@@ -360,16 +360,17 @@ pub fn segment_dir() -> tempfile::TempDir {
 /// A fresh [`segment_dir`] holding a new segment named `file`, made with the
 /// default settings.
 pub fn new_segment(file: &str) -> (tempfile::TempDir, std::path::PathBuf, shmslab::Slab) {
-    segment_from(file, shmslab::Slab::builder())
+    segment_with(file, shmslab::Slab::builder())
 }
 
 /// [`new_segment`] at 64 KiB: small enough that a test's allocations make it
 /// grow while others are attached.
 pub fn small_segment(file: &str) -> (tempfile::TempDir, std::path::PathBuf, shmslab::Slab) {
-    segment_from(file, shmslab::Slab::builder().initial_size(64 << 10))
+    segment_with(file, shmslab::Slab::builder().initial_size(64 << 10))
 }
 
-fn segment_from(
+/// [`new_segment`] made by `builder`.
+pub fn segment_with(
     file: &str,
     builder: shmslab::SlabBuilder,
 ) -> (tempfile::TempDir, std::path::PathBuf, shmslab::Slab) {
