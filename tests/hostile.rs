@@ -32,6 +32,7 @@ mod common;
 mod hardening;
 
 use common::live::{SharedWords, XorShift};
+use common::variant;
 use hardening::*;
 use shmslab::{Error, Slab, SlotRef};
 use std::fs::File;

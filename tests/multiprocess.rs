@@ -10,11 +10,11 @@
 
 mod common;
 
-use common::child_args;
 use common::live::{
     LiveChild, SharedWords, SpinBarrier, XorShift, from_hex, hear, new_segment, say, segment_dir,
     small_segment, to_hex,
 };
+use common::{child_args, outcome};
 use shmslab::{Error, Slab, SlotRef};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,17 +22,6 @@ use std::time::{Duration, Instant};
 
 /// Bound on any single wait for a child's message.
 const MSG_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A short name for the outcome of a free (or read), for messages and tallies.
-fn outcome(r: &Result<(), Error>) -> String {
-    match r {
-        Ok(()) => "Ok".into(),
-        Err(Error::DoubleFree) => "DoubleFree".into(),
-        Err(Error::StaleHandle { .. }) => "StaleHandle".into(),
-        Err(Error::InvalidHandle { .. }) => "InvalidHandle".into(),
-        Err(e) => format!("Other({e})"),
-    }
-}
 
 fn handle_hex(h: SlotRef) -> String {
     to_hex(&h.to_bytes())
@@ -662,7 +651,7 @@ fn server_child(args: &[String]) {
                         let uniform = buf.iter().all(|&b| b == buf[0]);
                         say("READ", format!("Ok {} {uniform}", buf[0]));
                     }
-                    Err(e) => say("READ", outcome(&Err(e))),
+                    Err(e) => say("READ", common::variant(&e)),
                 }
             }
             ["EXIT"] => {

@@ -251,3 +251,21 @@ pub fn assert_every_slot_free(slab: &shmslab::Slab, when: &str) -> shmslab::Repo
     }
     report
 }
+
+/// The name of an error's variant (`"StaleHandle"`), read off its `Debug`
+/// form so that a new variant needs no list to be kept up to date.
+pub fn variant(e: &shmslab::Error) -> String {
+    let debug = format!("{e:?}");
+    let end = debug
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(debug.len());
+    debug[..end].to_string()
+}
+
+/// `"Ok"` or the error's variant, for messages and tallies.
+pub fn outcome<T>(r: &Result<T, shmslab::Error>) -> String {
+    match r {
+        Ok(_) => "Ok".into(),
+        Err(e) => variant(e),
+    }
+}

@@ -190,42 +190,7 @@ pub fn extents(bytes: &[u8]) -> Vec<Extent> {
 // Outcomes.
 // ---------------------------------------------------------------------------
 
-/// The name of an error's variant, for tallies.
-pub fn variant(e: &Error) -> &'static str {
-    match e {
-        Error::Io { .. } => "Io",
-        Error::EmptyFile { .. } => "EmptyFile",
-        Error::NotASegment { .. } => "NotASegment",
-        Error::NotInitialized => "NotInitialized",
-        Error::UnsupportedVersion { .. } => "UnsupportedVersion",
-        Error::WrongArchitecture { .. } => "WrongArchitecture",
-        Error::Truncated { .. } => "Truncated",
-        Error::Corrupt { .. } => "Corrupt",
-        Error::InvalidConfig { .. } => "InvalidConfig",
-        Error::OutOfSpace { .. } => "OutOfSpace",
-        Error::ClassFull { .. } => "ClassFull",
-        Error::TooLarge { .. } => "TooLarge",
-        Error::Misaligned { .. } => "Misaligned",
-        Error::InvalidHandle { .. } => "InvalidHandle",
-        Error::ForeignHandle { .. } => "ForeignHandle",
-        Error::StaleHandle { .. } => "StaleHandle",
-        Error::DoubleFree => "DoubleFree",
-        Error::OutOfBounds { .. } => "OutOfBounds",
-        Error::TypeMismatch { .. } => "TypeMismatch",
-        Error::BadRootName { .. } => "BadRootName",
-        Error::RootTableFull { .. } => "RootTableFull",
-        Error::PeerTableFull { .. } => "PeerTableFull",
-        _ => "other",
-    }
-}
-
-/// `"Ok"` or the error's variant.
-pub fn outcome<T>(r: &Result<T, Error>) -> &'static str {
-    match r {
-        Ok(_) => "Ok",
-        Err(e) => variant(e),
-    }
-}
+pub use crate::common::outcome;
 
 /// Counts by key (`"op:outcome"`).
 #[derive(Debug, Default, Clone)]
