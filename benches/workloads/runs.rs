@@ -233,6 +233,23 @@ pub fn w2<const N: usize>(a: Alloc, sizes: &[usize; N], steps: u64, check: bool)
         region(label, r0, mono_ns());
         (d, st)
     }
+    /// A run on a heap with no file to measure and no checker.
+    fn without_file<H: Heap, const N: usize>(
+        h: &H,
+        sizes: &[usize; N],
+        steps: u64,
+        label: &str,
+    ) -> W2Out {
+        let (time, st) = run(h, sizes, steps, label);
+        let peak_live = st.peak;
+        w2_drain(h, st);
+        W2Out {
+            time,
+            file_bytes: None,
+            peak_live,
+            check: None,
+        }
+    }
     match a {
         Alloc::Shm => {
             let f = ShmFile::new("w2");
@@ -250,30 +267,11 @@ pub fn w2<const N: usize>(a: Alloc, sizes: &[usize; N], steps: u64, check: bool)
                 check,
             }
         }
-        Alloc::Malloc => {
-            let (time, st) = run(&MallocHeap, sizes, steps, &label);
-            let peak_live = st.peak;
-            w2_drain(&MallocHeap, st);
-            W2Out {
-                time,
-                file_bytes: None,
-                peak_live,
-                check: None,
-            }
-        }
+        Alloc::Malloc => without_file(&MallocHeap, sizes, steps, &label),
         Alloc::Rts => {
             assert!(sizes.iter().all(|&s| s <= rts_alloc::MAX_ALLOC_SIZE));
             let f = ShmFile::new("w2-rts");
-            let h = RtsHeap(new_rts(&f, 256 << 20));
-            let (time, st) = run(&h, sizes, steps, &label);
-            let peak_live = st.peak;
-            w2_drain(&h, st);
-            W2Out {
-                time,
-                file_bytes: None,
-                peak_live,
-                check: None,
-            }
+            without_file(&RtsHeap(new_rts(&f, 256 << 20)), sizes, steps, &label)
         }
     }
 }
