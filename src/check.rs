@@ -13,7 +13,7 @@
 //! hold known states.
 
 use crate::error::Result;
-use crate::format::{self, Geometry, Meta, SlotId, SlotRef, SlotState, cls, peer, root};
+use crate::format::{self, Geometry, Meta, SlotId, SlotRef, SlotState, cls, journal, peer, root};
 use crate::pool::{Owner, Pool};
 use crate::region::Memory;
 use crate::slab::Slab;
@@ -61,6 +61,11 @@ pub struct ClassCheck {
 pub struct Report {
     /// Problems; empty when the segment is consistent.
     pub findings: Vec<Finding>,
+    /// States that are not inconsistencies but work a dead process left
+    /// half done, which the next operation finishes by design (a growth cut
+    /// short: the next attach, [`Slab::reclaim_dead`] or growth repairs it).
+    /// They do not make the report inconsistent.
+    pub notes: Vec<Finding>,
     /// Per-class counts (empty if the header itself failed).
     pub classes: Vec<ClassCheck>,
     /// Named roots.
@@ -83,6 +88,13 @@ impl Report {
         self.findings.push(Finding {
             location: location.into(),
             problem: problem.into(),
+        });
+    }
+
+    fn note(&mut self, location: impl Into<String>, what: impl Into<String>) {
+        self.notes.push(Finding {
+            location: location.into(),
+            problem: what.into(),
         });
     }
 }
@@ -118,17 +130,26 @@ pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) 
     let geo = &pool.geo;
     let live_rows = check_peers(pool, me.map(|m| m.0), &mut report);
     // Under the growth lock (when we have an identity), an active journal
-    // is a growth whose grower died, not one in progress.
-    if pool.growth_journal_active(me.map(|m| m.1))? {
-        report.add(
+    // is a growth whose grower died, not one in progress. Either way it is
+    // a state the next attach, reclaim or growth repairs: a note, not a
+    // finding. A state no grower writes is a finding.
+    match pool.growth_journal_state(me.map(|m| m.1))? {
+        journal::IDLE => {}
+        journal::ACTIVE => report.note(
             "growth journal",
             match me {
                 Some(_) => {
-                    "a growth was cut short by its grower's death (the next growth repairs it)"
+                    "a growth was cut short by its grower's death; the next attach, reclaim_dead or growth finishes it"
                 }
-                None => "a growth is in progress, or its grower died (the next growth repairs it)",
+                None => {
+                    "a growth is in progress, or its grower died; the next attach, reclaim_dead or growth finishes it"
+                }
             },
-        );
+        ),
+        other => report.add(
+            "growth journal",
+            format!("unknown state {other} (the next growth resets it)"),
+        ),
     }
     for c in 0..geo.class_count() {
         let guard = match me {
@@ -351,5 +372,71 @@ fn check_roots<M: Memory>(pool: &Pool<M>, report: &mut Report) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_pool;
+    use crate::format::{hdr, journal};
+    use crate::pool::testing::{heap_processes, kill};
+    use crate::sync::Ordering;
+
+    /// A grower of class 0 that died after writing its journal, before
+    /// reserving anything: the state every `grow.journaled` kill leaves.
+    #[test]
+    fn a_dead_growers_journal_is_a_note_and_reclaim_finishes_it() {
+        let procs = heap_processes(&[64], 4096, 1 << 20, 2);
+        let (survivor, me) = &procs[1];
+        let (dead, dead_me) = &procs[0];
+        let j = hdr::JOURNAL;
+        let w = |off: u64, v: u64| dead.table_word(off).unwrap().store(v, Ordering::Release);
+        let offset = dead.current_size();
+        w(j + journal::CLASS, 0);
+        w(j + journal::EXTENT, 0);
+        w(j + journal::OFFSET, offset);
+        w(j + journal::BYTES, 4096);
+        w(j + journal::SLOTS, 1);
+        w(j + journal::STATE, journal::ACTIVE);
+        w(hdr::GROW_LOCK, dead_me.token);
+        kill(dead, 0);
+
+        let r = check_pool(survivor, Some((1, *me))).unwrap();
+        assert!(
+            r.is_consistent(),
+            "a repairable state is no finding: {:?}",
+            r.findings
+        );
+        assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+        assert_eq!(r.notes[0].location, "growth journal");
+
+        let reclaimed = crate::peers::reclaim_dead(survivor, (1, *me)).unwrap();
+        assert!(reclaimed.growth_repaired);
+        let r = check_pool(survivor, Some((1, *me))).unwrap();
+        assert!(r.is_consistent() && r.notes.is_empty(), "{r:?}");
+        // Idempotent: nothing left to repair.
+        assert!(
+            !crate::peers::reclaim_dead(survivor, (1, *me))
+                .unwrap()
+                .growth_repaired
+        );
+    }
+
+    /// A journal state no grower writes is corruption, not a note.
+    #[test]
+    fn a_forged_journal_state_is_a_finding() {
+        let procs = heap_processes(&[64], 4096, 1 << 20, 1);
+        let (p, me) = &procs[0];
+        p.table_word(hdr::JOURNAL + journal::STATE)
+            .unwrap()
+            .store(7, Ordering::Release);
+        let r = check_pool(p, Some((0, *me))).unwrap();
+        assert!(
+            r.findings.iter().any(|f| f.location == "growth journal"),
+            "{r:?}"
+        );
+        // The next repair resets it.
+        assert!(p.repair_dead_growth(*me).unwrap());
+        assert!(check_pool(p, Some((0, *me))).unwrap().is_consistent());
     }
 }

@@ -61,6 +61,9 @@ pub struct Snapshot {
     pub segment_owned: u64,
     /// What the consistency check found; empty when consistent.
     pub findings: Vec<Finding>,
+    /// Work a dead process left half done that the next operation finishes
+    /// ([`Report::notes`](crate::Report::notes)): not inconsistencies.
+    pub notes: Vec<Finding>,
 }
 
 impl Snapshot {
@@ -118,5 +121,6 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
         classes: report.classes,
         peers,
         findings: report.findings,
+        notes: report.notes,
     })
 }

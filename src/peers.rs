@@ -44,6 +44,9 @@ pub struct ReclaimReport {
     pub slots: u64,
     /// Slots handed to the segment because a named root points at them.
     pub kept_for_roots: u64,
+    /// Whether a growth that a dead process cut short was finished (or
+    /// forgotten, if it had published nothing).
+    pub growth_repaired: bool,
 }
 
 /// Claims a row for a new peer and returns it with the peer's identity: an
@@ -289,6 +292,7 @@ pub(crate) fn reclaim_dead<M: Memory>(pool: &Pool<M>, me: (usize, Owner)) -> Res
             report.peers += 1;
         }
     }
+    report.growth_repaired = pool.repair_dead_growth(me.1)?;
     Ok(report)
 }
 

@@ -712,6 +712,52 @@ fn check_on_a_live_segment_reports_a_lasting_problem() {
     assert!(slab.check().unwrap().is_consistent());
 }
 
+/// A growth its grower died in (the journal still active, as a SIGKILL
+/// between `grow.journaled` and `grow.generation_bumped` leaves it) is work
+/// the next attach finishes, not an inconsistency: `check` exits 0 and
+/// notes it; `reclaim` (which attaches) finishes it, and the note is gone.
+#[test]
+fn check_notes_a_growth_cut_short_and_reclaim_finishes_it() {
+    let dir = segment_dir();
+    let good = populated_segment(dir.path(), "good.shm");
+    let cut = corrupted(&good, dir.path(), "cut.shm", |b| {
+        // A grower of class 0 that journaled its extent and died before
+        // reserving it: nothing was published.
+        let current = read_word(b, 128);
+        let extents = read_word(b, class_entry(0) + 16);
+        write_word(b, 200, 0);
+        write_word(b, 208, extents);
+        write_word(b, 216, current);
+        write_word(b, 224, 4096);
+        write_word(b, 232, 1);
+        write_word(b, 192, 1);
+    });
+    let run = shmslab(&["check", p(&cut)]);
+    run.expect_code(OK);
+    assert!(
+        run.stdout
+            .contains("note: growth journal: a growth is in progress, or its grower died"),
+        "{}",
+        run.show()
+    );
+    let json = shmslab(&["check", "--json", p(&cut)])
+        .expect_code(OK)
+        .json();
+    assert_eq!(json["consistent"], true);
+    assert_eq!(json["notes"][0]["location"], "growth journal");
+
+    shmslab(&["reclaim", p(&cut)]).expect_code(OK);
+    let after = shmslab(&["check", "--json", p(&cut)])
+        .expect_code(OK)
+        .json();
+    assert_eq!(after["notes"], serde_json::json!([]), "{after}");
+    assert_eq!(
+        read_word(&std::fs::read(&cut).unwrap(), 192),
+        0,
+        "journal idle"
+    );
+}
+
 /// A header that parses but holds impossible values is "inconsistent"
 /// (exit 1) for `check`, with a readable message.
 #[test]

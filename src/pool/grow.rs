@@ -92,11 +92,33 @@ impl<M: Memory> Pool<M> {
         Ok(self.extents_end().max(self.geo.data_start))
     }
 
-    /// Whether the growth journal is active. With `owner`, it is read under
-    /// the growth lock, so an active journal is one a dead grower left.
-    pub(crate) fn growth_journal_active(&self, owner: Option<Owner>) -> Result<bool> {
+    /// The growth journal's state word. With `owner`, it is read under the
+    /// growth lock, so an active journal is one a dead grower left.
+    pub(crate) fn growth_journal_state(&self, owner: Option<Owner>) -> Result<u64> {
         let _guard = owner.map(|owner| self.lock_growth(owner)).transpose()?;
-        Ok(format::load(&self.mem, hdr::JOURNAL + journal::STATE)? != journal::IDLE)
+        self.journal_state()
+    }
+
+    /// Finishes or forgets a growth whose grower died, if the journal shows
+    /// one; returns whether it did. Attach and `reclaim_dead` call it so a
+    /// dead grower's journal does not wait for the next growth (which may
+    /// never come). An idle journal costs one load and takes no lock; an
+    /// active one is judged under the growth lock, where it can only be a
+    /// dead grower's (a live one would still hold the lock).
+    pub(crate) fn repair_dead_growth(&self, owner: Owner) -> Result<bool> {
+        if self.journal_state()? == journal::IDLE {
+            return Ok(false);
+        }
+        let _guard = self.lock_growth(owner)?;
+        if self.journal_state()? == journal::IDLE {
+            return Ok(false);
+        }
+        self.repair_growth()?;
+        Ok(true)
+    }
+
+    fn journal_state(&self) -> Result<u64> {
+        format::load(&self.mem, hdr::JOURNAL + journal::STATE)
     }
 
     /// How many slots the next extent of class `c` gets, and its bytes: what
@@ -166,8 +188,15 @@ impl<M: Memory> Pool<M> {
     fn repair_growth(&self) -> Result<()> {
         let j = hdr::JOURNAL;
         let state_w = self.table_word(j + journal::STATE)?;
-        if state_w.load(Ordering::Acquire) != journal::ACTIVE {
-            return Ok(());
+        match state_w.load(Ordering::Acquire) {
+            journal::IDLE => return Ok(()),
+            journal::ACTIVE => {}
+            // No grower writes another state (a hostile or buggy peer did):
+            // there is no growth to finish, only a word to reset.
+            _ => {
+                state_w.store(journal::IDLE, Ordering::Release);
+                return Ok(());
+            }
         }
         let r = |off| format::load(&self.mem, j + off);
         let (c, extent, offset, bytes, slots) = (

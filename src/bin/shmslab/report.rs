@@ -31,6 +31,13 @@ fn findings_json(snap: &Snapshot) -> Value {
         .collect()
 }
 
+fn notes_json(snap: &Snapshot) -> Value {
+    snap.notes
+        .iter()
+        .map(|n| json!({ "location": n.location, "note": n.problem }))
+        .collect()
+}
+
 /// `shmslab inspect --json`.
 pub fn inspect_json(snap: &Snapshot) -> Value {
     let classes: Vec<Value> = snap
@@ -115,6 +122,7 @@ pub fn inspect_json(snap: &Snapshot) -> Value {
         "segment_owned": snap.segment_owned,
         "consistent": snap.is_consistent(),
         "findings": findings_json(snap),
+        "notes": notes_json(snap),
     })
 }
 
@@ -125,6 +133,7 @@ pub fn check_json(path: &Path, snap: &Snapshot) -> Value {
         "status": if snap.is_consistent() { "consistent" } else { "inconsistent" },
         "consistent": snap.is_consistent(),
         "findings": findings_json(snap),
+        "notes": notes_json(snap),
         "summary": crate::text::check_summary(snap),
     })
 }
@@ -156,6 +165,7 @@ pub fn reclaim_json(path: &Path, r: &ReclaimReport, dead: &[PeerInfo]) -> Value 
         "peers": r.peers,
         "slots": r.slots,
         "kept_for_roots": r.kept_for_roots,
+        "growth_repaired": r.growth_repaired,
         "dead_before": dead
             .iter()
             .map(|p| json!({ "row": p.row, "pid": p.pid }))

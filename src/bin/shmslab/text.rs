@@ -274,6 +274,9 @@ pub fn inspect(snap: &Snapshot) -> String {
     let _ = writeln!(out);
     if snap.is_consistent() {
         let _ = writeln!(out, "check: consistent");
+        for n in &snap.notes {
+            let _ = writeln!(out, "  note: {n}");
+        }
     } else {
         let in_use = if snap.peers.iter().any(|p| p.alive) {
             "; live processes are using it, so a problem may be an operation caught half-way"
@@ -347,6 +350,9 @@ pub fn check(snap: &Snapshot) -> String {
     let mut out = String::new();
     for f in &snap.findings {
         let _ = writeln!(out, "{f}");
+    }
+    for n in &snap.notes {
+        let _ = writeln!(out, "note: {n}");
     }
     let _ = writeln!(out, "{}: {}", snap.path.display(), check_summary(snap));
     out
