@@ -304,6 +304,9 @@ fn churn(slab: &Slab, for_how_long: Duration) -> Vec<String> {
             }
         }
     }
+    if let Err(e) = slab.trim() {
+        errors.push(format!("trim: {e}"));
+    }
     errors
 }
 
