@@ -139,6 +139,11 @@ fn a_child_dropping_an_inherited_creator_slab_keeps_the_file() {
     let other = Slab::attach(&path).expect("a new attach by path");
     assert_eq!(other.segment_id(), id);
     assert_eq!(other.read(h).expect("read through the new attach"), 7);
+    // The child closed its copy of the parent's liveness descriptor and
+    // exited: the parent's row still reads as alive to everyone else.
+    let peers = other.peers().expect("peers");
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers.iter().all(|p| p.alive), "{peers:?}");
     // The parent's row, lock and cache are untouched: it goes on working.
     slab.free(h).expect("free");
     drop(other);
@@ -398,6 +403,25 @@ fn a_forked_child_can_attach_again_and_work() {
     slab.free(h).expect("free");
     let report = common::assert_every_slot_free(&slab, "after the child detached");
     assert_eq!((report.live_peers, report.dead_peers), (1, 0));
+}
+
+#[test]
+fn a_slab_on_a_file_unlinked_at_create_opens_its_own_liveness_description() {
+    // The liveness description is the file opened again through
+    // /proc/self/fd, which must work for a file that has no path any more.
+    let dir = segment_dir();
+    let path = dir.path().join("unlinked.shm");
+    let slab = Slab::builder()
+        .cleanup(FileCleanup::Auto)
+        .create(&path)
+        .expect("create, unlinked at once");
+    assert!(!path.exists());
+    let h = slab.alloc(3u64).expect("alloc");
+    let report = slab.check().expect("check");
+    assert!(report.is_consistent(), "{:#?}", report.findings);
+    assert_eq!(report.live_peers, 1);
+    slab.free(h).expect("free");
+    common::assert_every_slot_free(&slab, "at the end");
 }
 
 /// Attaches, allocates `HELD` slots, forks a child that closes its standard

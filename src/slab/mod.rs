@@ -59,8 +59,7 @@ impl Drop for CacheGuard {
 /// the inherited one (whose peer row, lock token and caches are the
 /// parent's) refuses every operation with [`Error::ForkedProcess`], and
 /// dropping it does nothing: the child attaches again with
-/// [`Slab::attach`] (or [`attach_fd`](Slab::attach_fd) for an unlinked
-/// segment, with a descriptor it kept).
+/// [`Slab::attach`] (or [`attach_fd`](Slab::attach_fd)).
 ///
 /// ```
 /// use shmslab::Slab;
