@@ -139,6 +139,7 @@ impl Slab {
     }
 
     fn open(pool: Pool<MmapRegion>) -> Result<Slab> {
+        let origin = Origin::here()?;
         let (row, me) = peers::register(&pool)?;
         let limits = (0..pool.class_count())
             .map(|c| cache_limit(pool.class(c).size))
@@ -160,7 +161,7 @@ impl Slab {
             row,
             me,
             uid: crate::sync::next_instance_id(),
-            origin: Origin::here()?,
+            origin,
             caches: ThreadLocal::new(),
             limits,
             small_classes: small_classes.into_boxed_slice(),
