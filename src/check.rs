@@ -114,7 +114,7 @@ impl Slab {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn check(&self) -> Result<Report> {
-        check_pool(&self.pool, Some((self.row, self.me)))
+        check_pool(self.pool()?, Some((self.row, self.me)))
     }
 }
 

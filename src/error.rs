@@ -248,6 +248,14 @@ pub enum Error {
         /// Rows in the table.
         capacity: usize,
     },
+
+    /// The `Slab` was made by another process and inherited through
+    /// `fork`: its peer row, lock token and caches are the parent's, so it
+    /// refuses every operation in the child. Attach again there
+    /// ([`Slab::attach`](crate::Slab::attach)); dropping the inherited one
+    /// is harmless.
+    #[error("this Slab was inherited through fork; attach again in the child")]
+    ForkedProcess,
 }
 
 /// `Result` with [`Error`].

@@ -40,6 +40,7 @@
 //! | module | job |
 //! |---|---|
 //! | `sync` | atomics facade: std, or loom under `--cfg loom` |
+//! | `fork` | telling a forked child from its parent (what it inherited is not its own) |
 //! | [`region`](MmapRegion) | the mapped file ([`MmapRegion`]) and a heap stand-in ([`HeapRegion`]) |
 //! | `format` | the bytes of the file and their validation |
 //! | `pool` | size classes, extents, slot metadata, free lists, growth |
@@ -66,6 +67,7 @@ compile_error!("shmslab supports Linux only (it relies on OFD locks and fallocat
 mod check;
 mod error;
 mod fault;
+mod fork;
 mod format;
 mod inspect;
 mod peers;

@@ -110,6 +110,13 @@ pub(crate) fn ofd_unlock(file: &File, byte: u64) -> io::Result<()> {
     fcntl_lock(file, libc::F_OFD_SETLK, &mut fl)
 }
 
+/// Releases every OFD lock `file`'s open file description holds.
+pub(crate) fn ofd_unlock_all(file: &File) -> io::Result<()> {
+    let mut fl = ofd_flock(libc::F_UNLCK as libc::c_short, 0);
+    fl.l_len = 0; // to the end of the lock space
+    fcntl_lock(file, libc::F_OFD_SETLK, &mut fl)
+}
+
 /// Whether another open file description holds a lock on `byte`.
 pub(crate) fn ofd_is_locked(file: &File, byte: u64) -> io::Result<bool> {
     let mut fl = ofd_flock(libc::F_WRLCK as libc::c_short, byte);

@@ -65,8 +65,9 @@ pub(crate) enum Liveness {
     /// OFD locks are unsupported).
     ///
     /// Our own row reads as dead here (our lock does not conflict with
-    /// itself); callers skip it. The locks are taken on the segment's own
-    /// open file description (`Memory::lock_file`).
+    /// itself); callers skip it. The locks are taken on an open file
+    /// description of this process's own, apart from the mapping's, which a
+    /// forked child closes (`Memory::lock_file`).
     File,
     /// A heap segment in tests and loom models: rows in `dead` (a bit mask)
     /// are dead, all others alive.

@@ -495,12 +495,19 @@ impl<M: Memory> Pool<M> {
         Ok(())
     }
 
-    /// Counts for class `c`, from the shared words (no lock).
+    /// Counts for class `c`, from the shared words (no lock), over every
+    /// extent published.
     pub(crate) fn counts(&self, c: usize) -> ClassCounts {
-        let known = self
-            .refresh(c)
-            .unwrap_or_else(|_| self.classes[c].known.load(Ordering::Acquire));
+        let _ = self.refresh(c);
+        self.counts_checked(c)
+    }
+
+    /// [`counts`](Self::counts) over the extents this process has already
+    /// checked: no lock at all, not even a process-local one (a forked child
+    /// must not wait for a mutex some thread of its parent held).
+    pub(crate) fn counts_checked(&self, c: usize) -> ClassCounts {
         let cv = &self.classes[c];
+        let known = cv.known.load(Ordering::Acquire);
         let slots_of = |e: usize| cv.extents[e].slots.load(Ordering::Relaxed) as u64;
         let slots = cv.slots_in(known);
         let entry = self.geo.class_entry(c);

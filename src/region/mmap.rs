@@ -12,6 +12,7 @@
 
 use super::{FileCleanup, Memory, Region};
 use crate::error::{Error, Result};
+use crate::fork::{ForkLocalFile, Origin};
 use crate::sync::{AtomicPtr, AtomicU64, Mutex, Ordering};
 use crate::sys;
 use memmap2::{MmapOptions, MmapRaw};
@@ -98,6 +99,9 @@ impl RegionOptions {
         if size == 0 {
             return Err(invalid(path, "create", "size must be greater than zero"));
         }
+        // Who owns the file (FileCleanup::Manual): this process, not a
+        // forked child of it.
+        let origin = Origin::here()?;
         if self.replace {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
@@ -139,7 +143,7 @@ impl RegionOptions {
             }
         };
         match cleanup {
-            FileCleanup::Manual => region.owns_file = true,
+            FileCleanup::Manual => region.owner = Some(origin),
             FileCleanup::Auto => {
                 std::fs::remove_file(path).map_err(|e| Error::io("unlink", path, e))?;
             }
@@ -223,6 +227,10 @@ fn invalid(path: &Path, op: &'static str, msg: &'static str) -> Error {
 /// growth calls take `&self`: a replaced mapping stays mapped until the region
 /// drops, so a [`Region`] view borrowed earlier never dangles.
 ///
+/// A forked child's copy keeps working (the mapping and the descriptor are
+/// the child's copies), but it does not own the file: dropping it there
+/// never deletes it.
+///
 /// ```
 /// use shmslab::{FileCleanup, MmapRegion};
 /// let dir = tempfile::tempdir()?;
@@ -244,8 +252,13 @@ pub struct MmapRegion {
     file: File,
     path: PathBuf,
     identity: (u64, u64),
-    owns_file: bool,
+    /// Set while the region deletes the file on drop: the process that
+    /// asked for it. A forked child inherits the region, not the file.
+    owner: Option<Origin>,
     read_only: bool,
+    /// The open file description of this process's liveness locks, when a
+    /// `Slab` uses the region ([`MmapRegion::open_lock_file`]).
+    lock: Option<ForkLocalFile>,
     /// Start of the newest mapping. Published before `len` grows past the
     /// previous mapping's end, so whoever sees the new `len` sees this too.
     base: AtomicPtr<u8>,
@@ -292,8 +305,9 @@ impl MmapRegion {
             file,
             path,
             identity,
-            owns_file: false,
+            owner: None,
             read_only,
+            lock: None,
             base: AtomicPtr::new(base),
             map_len: AtomicU64::new(map_len),
             len: AtomicU64::new(len),
@@ -346,14 +360,54 @@ impl MmapRegion {
         self.map_generation.load(Ordering::Acquire)
     }
 
-    /// Delete the file when this region drops.
+    /// Delete the file when this region drops — in this process: a copy
+    /// of the region a forked child inherits keeps the file when it drops
+    /// (unless the child calls this itself).
     pub fn take_ownership(&mut self) {
-        self.owns_file = true;
+        // Without the fork handlers a child could not be told apart: own
+        // nothing rather than risk unlinking from a child.
+        self.owner = Origin::here().ok();
     }
 
     /// Keep the file when this region drops.
     pub fn release_ownership(&mut self) {
-        self.owns_file = false;
+        self.owner = None;
+    }
+
+    /// Opens the file again, as an open file description of this process's
+    /// own for its liveness locks, which a forked child closes (see
+    /// `crate::fork`). The mapping's descriptor holds no lock, so a child
+    /// keeps it and the region stays usable there.
+    pub(crate) fn open_lock_file(&mut self) -> Result<()> {
+        let lock = ForkLocalFile::open(|| self.open_again())?;
+        self.lock = Some(lock);
+        Ok(())
+    }
+
+    /// A new open file description of the mapped file: through
+    /// `/proc/self/fd` (which works for an unlinked file too), or where
+    /// `/proc` is missing by the path, if it still names the same file.
+    fn open_again(&self) -> io::Result<File> {
+        use std::os::unix::fs::MetadataExt;
+        let proc_err = match sys::reopen(&self.file) {
+            Ok(file) => return Ok(file),
+            Err(e) => e,
+        };
+        if self.path.as_os_str().is_empty() {
+            return Err(proc_err);
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!self.read_only)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.path)?;
+        let meta = file.metadata()?;
+        if (meta.dev(), meta.ino()) != self.identity {
+            return Err(io::Error::other(
+                "the path names another file now, and /proc/self/fd is unavailable",
+            ));
+        }
+        Ok(file)
     }
 
     /// Grows the file to `new_size` bytes (disk reserved first) and maps them.
@@ -412,8 +466,17 @@ fn map_raw(file: &File, len: u64, read_only: bool) -> io::Result<MmapRaw> {
 }
 
 impl Memory for MmapRegion {
+    /// The liveness description when there is one. Otherwise (the
+    /// read-only inspector; a forked child, whose copy was closed) the
+    /// mapping's descriptor, which holds no lock: asking the kernel about
+    /// others' locks through it is an outsider's view.
     fn lock_file(&self) -> Option<&File> {
-        Some(&self.file)
+        Some(
+            self.lock
+                .as_ref()
+                .and_then(ForkLocalFile::get)
+                .unwrap_or(&self.file),
+        )
     }
 
     #[inline]
@@ -485,8 +548,9 @@ impl Memory for MmapRegion {
 
 impl Drop for MmapRegion {
     fn drop(&mut self) {
-        // The mappings unmap themselves when the vector drops.
-        if self.owns_file {
+        // The mappings unmap themselves when the vector drops. A forked
+        // child's copy leaves the file to the process that owns it.
+        if self.owner.is_some_and(|o| !o.is_elsewhere()) {
             // Unlink only if the path still names our file: someone may have
             // replaced it, and their file is not ours to delete.
             let same = std::fs::symlink_metadata(&self.path)

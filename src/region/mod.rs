@@ -22,6 +22,8 @@ use std::marker::PhantomData;
 pub enum FileCleanup {
     /// Keep the file until the creating region drops (or until someone calls
     /// [`MmapRegion::release_ownership`], after which it is kept for good).
+    /// Only in the creating process: a copy that a forked child inherits
+    /// never deletes the file.
     #[default]
     Manual,
     /// Unlink the file right after creating it. The mapping and every
@@ -146,8 +148,9 @@ pub(crate) trait Memory: Send + Sync + 'static {
     /// size in the header can never lead to a touch past the end of the file.
     fn observe(&self, min_len: u64) -> Result<()>;
 
-    /// The open file description this process's liveness lock lives on
-    /// (its own, never one shared with another process), if any.
+    /// The open file description this process's liveness locks live on
+    /// (its own: never shared with another process, nor with the mapping,
+    /// and closed in a forked child), if any.
     fn lock_file(&self) -> Option<&std::fs::File> {
         None
     }

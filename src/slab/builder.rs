@@ -159,11 +159,12 @@ impl SlabBuilder {
         } else {
             DEFAULT_RESERVE
         });
-        let region = RegionOptions::new()
+        let mut region = RegionOptions::new()
             .mode(self.mode)
             .replace(self.replace)
             .reserve(reserve)
             .create(path, size as usize, self.cleanup)?;
+        region.open_lock_file()?;
         geo.initialise(&region)?;
         Slab::open(Pool::new(region, geo, Liveness::File)?)
     }
@@ -184,17 +185,19 @@ impl Slab {
     /// ```
     pub fn attach(path: impl AsRef<Path>) -> Result<Slab> {
         let path = path.as_ref();
-        let region = RegionOptions::new().reserve(DEFAULT_RESERVE).attach(path)?;
+        let mut region = RegionOptions::new().reserve(DEFAULT_RESERVE).attach(path)?;
+        region.open_lock_file()?;
         let geo = Geometry::load_live(&region)?;
         Slab::open(Pool::new(region, geo, Liveness::File)?)
     }
 
     /// Attaches through a descriptor (for example one received over
     /// `SCM_RIGHTS`, or inherited from a parent). The file is reopened
-    /// through `/proc/self/fd` so this process's liveness lock is its own.
+    /// through `/proc/self/fd`, so nothing of this process's is shared with
+    /// the sender's open file description.
     pub fn attach_fd(fd: OwnedFd) -> Result<Slab> {
         // A descriptor received from another process shares that process's
-        // open file description, and with it its OFD locks: map a
+        // open file description (its offset, flags and OFD locks): map a
         // description of our own instead, and let the received one go.
         let own: OwnedFd = sys::reopen(&fd)
             .map_err(|e| Error::io("reopen /proc/self/fd", "", e))?
@@ -206,9 +209,10 @@ impl Slab {
                 path: Default::default(),
             });
         }
-        let region = RegionOptions::new()
+        let mut region = RegionOptions::new()
             .reserve(DEFAULT_RESERVE)
             .attach_fd(own, len as usize)?;
+        region.open_lock_file()?;
         let geo = Geometry::load_live(&region)?;
         Slab::open(Pool::new(region, geo, Liveness::File)?)
     }

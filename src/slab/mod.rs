@@ -8,6 +8,7 @@ pub use builder::{DEFAULT_CLASSES, SlabBuilder};
 pub use stats::{ClassStats, Stats};
 
 use crate::error::{Error, Result};
+use crate::fork::Origin;
 use crate::format::{SlotId, SlotRef};
 use crate::peers::{self, ReclaimReport};
 use crate::pool::{Owner, Pool, SlotAddr};
@@ -54,9 +55,11 @@ impl Drop for CacheGuard {
 /// other processes). A process that dies without dropping leaves its slots
 /// to [`reclaim_dead`](Slab::reclaim_dead).
 ///
-/// A `Slab` belongs to the process that made it: after `fork`, the child
-/// must attach again rather than use the inherited one (whose caches and
-/// peer row are the parent's); dropping the inherited one does nothing.
+/// A `Slab` belongs to the process that made it. In a child made by `fork`
+/// the inherited one (whose peer row, lock token and caches are the
+/// parent's) refuses every operation with [`Error::ForkedProcess`], and
+/// dropping it does nothing: the child attaches again with
+/// [`Slab::attach`] (or [`attach_fd`](Slab::attach_fd)).
 ///
 /// ```
 /// use shmslab::Slab;
@@ -73,14 +76,16 @@ impl Drop for CacheGuard {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Slab {
-    pub(crate) pool: Pool<MmapRegion>,
+    /// Reached through [`Slab::pool`], which refuses in a forked child;
+    /// only this module (and its children) can reach it directly.
+    pool: Pool<MmapRegion>,
     pub(crate) row: usize,
     pub(crate) me: Owner,
     /// Unique among all `Slab`s this process ever makes (never 0).
     uid: u64,
     /// The process that attached. A forked child inherits the `Slab` but
-    /// not its row, lock or caches: it must not detach them.
-    pid: u32,
+    /// not its row, lock token or caches: it must neither use nor detach them.
+    origin: Origin,
     /// Each thread's cache, boxed so that its `RefCell` flag (written on every
     /// alloc and free) lives in that thread's own allocation: the
     /// `ThreadLocal` table packs its entries side by side, and two threads'
@@ -90,6 +95,12 @@ pub struct Slab {
     /// Class for each size up to `SMALL_SIZES` in 16-byte steps.
     small_classes: Box<[u8]>,
     owns_slots: AtomicBool,
+}
+
+/// The error of a forked child's call (kept off the hot path).
+#[cold]
+fn forked() -> Error {
+    Error::ForkedProcess
 }
 
 /// Sizes up to this many bytes find their class through a table.
@@ -111,7 +122,24 @@ impl Slab {
         SlabBuilder::default()
     }
 
+    /// The pool, or [`Error::ForkedProcess`] in a forked child: every
+    /// operation that touches a lock, a cache, a row or a slot goes through
+    /// here first. One relaxed load on the hot path.
+    #[inline(always)]
+    pub(crate) fn pool(&self) -> Result<&Pool<MmapRegion>> {
+        if self.origin.is_inherited() {
+            return Err(forked());
+        }
+        Ok(&self.pool)
+    }
+
+    /// Whether this is a forked child's copy (see [`Error::ForkedProcess`]).
+    pub(crate) fn is_inherited(&self) -> bool {
+        self.origin.is_inherited()
+    }
+
     fn open(pool: Pool<MmapRegion>) -> Result<Slab> {
+        let origin = Origin::here()?;
         let (row, me) = peers::register(&pool)?;
         // A growth a dead process cut short is finished now, not left for a
         // next growth that may never come (check() notes it until then).
@@ -136,7 +164,7 @@ impl Slab {
             row,
             me,
             uid: crate::sync::next_instance_id(),
-            pid: crate::sys::current_pid(),
+            origin,
             caches: ThreadLocal::new(),
             limits,
             small_classes: small_classes.into_boxed_slice(),
@@ -164,12 +192,16 @@ impl Slab {
         self.pool.mem.release_ownership();
     }
 
-    /// Remove the file when this `Slab` drops.
+    /// Remove the file when this `Slab` drops. Does nothing in a forked
+    /// child (the `Slab` is the parent's there, and so is the file).
     pub fn remove_file_on_drop(&mut self) {
-        self.pool.mem.take_ownership();
+        if !self.is_inherited() {
+            self.pool.mem.take_ownership();
+        }
     }
 
     /// The segment's growth counter: bumped every time an extent is added.
+    /// (A plain read of the header, which works in a forked child too.)
     pub fn generation(&self) -> u64 {
         self.pool.generation()
     }
@@ -177,7 +209,7 @@ impl Slab {
     /// Picks up growth made by other processes now, instead of lazily when a
     /// handle names a new extent. Returns the generation.
     pub fn refresh(&self) -> Result<u64> {
-        self.pool.refresh_all()?;
+        self.pool()?.refresh_all()?;
         Ok(self.generation())
     }
 
@@ -224,6 +256,9 @@ impl Slab {
     /// The smallest class whose slots hold `size` bytes aligned to `align`.
     #[inline(always)]
     pub(crate) fn class_for(&self, size: u64, align: u64) -> Result<usize> {
+        // First, so that a forked child's request fails the same whatever
+        // its size.
+        self.pool()?;
         // Every slot is 16-aligned, so small sizes take a table lookup.
         if align <= 16 {
             if let Some(&c) = self.small_classes.get(size.div_ceil(16) as usize) {
@@ -279,6 +314,8 @@ impl Slab {
     /// which stalls store forwarding (a third of W1's time, measured).
     #[inline(always)]
     pub(crate) fn alloc_in(&self, first: usize, align: u64) -> Result<(SlotRef, SlotAddr)> {
+        // Before the cache: a forked child's copy holds the parent's slots.
+        let pool = self.pool()?;
         let (c, id) = match self.cache() {
             Some(cache) => {
                 let mut cache = cache.borrow_mut();
@@ -289,7 +326,7 @@ impl Slab {
             }
             None => self.take_uncached(first, align)?,
         };
-        self.pool.activate(c, id, self.me)
+        pool.activate(c, id, self.me)
     }
 
     /// A slot for a thread whose thread-locals are being destroyed: a cache
@@ -395,9 +432,10 @@ impl Slab {
     #[inline(always)]
     pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let h = handle.into();
-        let (c, id) = self.pool.release(&h, self.me)?;
+        let pool = self.pool()?;
+        let (c, id) = pool.release(&h, self.me)?;
         let Some(cache) = self.cache() else {
-            return self.pool.give(c, self.me, &[id]);
+            return pool.give(c, self.me, &[id]);
         };
         let mut cache = cache.borrow_mut();
         let stack = &mut cache.stacks[c];
@@ -429,6 +467,7 @@ impl Slab {
     /// Returns the calling thread's cached free slots to the shared lists,
     /// so other processes can use them.
     pub fn trim(&self) -> Result<()> {
+        self.pool()?;
         let Some(cache) = self.cache() else {
             return Ok(());
         };
@@ -450,20 +489,20 @@ impl Slab {
     /// The size of the live slot a handle names.
     #[inline]
     pub fn capacity(&self, handle: &SlotRef) -> Result<usize> {
-        self.pool.live_size(handle).map(|size| size as usize)
+        self.pool()?.live_size(handle).map(|size| size as usize)
     }
 
     /// Copies `src` into the slot at `offset`.
     #[inline(always)]
     pub fn write_bytes(&self, handle: &SlotRef, offset: usize, src: &[u8]) -> Result<()> {
-        self.pool.write_at(handle, offset as u64, src)
+        self.pool()?.write_at(handle, offset as u64, src)
     }
 
     /// Copies bytes of the slot from `offset` into `dst`. If the slot is
     /// freed or reused during the copy, the result is `StaleHandle`.
     #[inline(always)]
     pub fn read_bytes(&self, handle: &SlotRef, offset: usize, dst: &mut [u8]) -> Result<()> {
-        self.pool.read_at(handle, offset as u64, dst)
+        self.pool()?.read_at(handle, offset as u64, dst)
     }
 
     /// Runs `f` on a private copy of the whole slot.
@@ -484,15 +523,16 @@ impl Slab {
     /// Hands the live slot to the segment: it is no longer freed if this
     /// process dies (use it for data that must outlive its allocator).
     pub fn persist(&self, handle: &SlotRef) -> Result<()> {
-        self.pool.set_owner(handle, 0)
+        self.pool()?.set_owner(handle, 0)
     }
 
     /// Makes this process the owner of a live slot another process allocated
     /// (for example a message it received), so the slot is freed if this
     /// process dies rather than its allocator.
     pub fn adopt(&self, handle: &SlotRef) -> Result<()> {
+        let pool = self.pool()?;
         self.owns_slots.store(true, Ordering::Relaxed);
-        self.pool.set_owner(handle, self.me.id)
+        pool.set_owner(handle, self.me.id)
     }
 
     /// Frees the slots of every attached process that has died (killed,
@@ -503,7 +543,7 @@ impl Slab {
     /// kernel, and a late `free` of a slot being reclaimed races through the
     /// same compare-and-swap, so nothing is freed twice.
     pub fn reclaim_dead(&self) -> Result<ReclaimReport> {
-        peers::reclaim_dead(&self.pool, (self.row, self.me))
+        peers::reclaim_dead(self.pool()?, (self.row, self.me))
     }
 }
 
@@ -516,8 +556,9 @@ impl Drop for Slab {
             return;
         }
         // A forked child's copy: the row, its lock and the cached slots are
-        // the parent's, who is still using them.
-        if crate::sys::current_pid() != self.pid {
+        // the parent's, who is still using them. (The fields drop too: the
+        // region keeps the file and the liveness descriptor, see `fork`.)
+        if self.origin.is_elsewhere() {
             return;
         }
         let _ = peers::detach(

@@ -1,7 +1,7 @@
 //! [`Stats`]: a cheap snapshot of a segment, read without locks.
 
 use super::Slab;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::peers::{self, PeerInfo};
 use crate::sys;
 
@@ -75,11 +75,22 @@ impl Slab {
     /// # slab.free(slot)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    ///
+    /// In a forked child (where every other operation of an inherited
+    /// `Slab` fails with [`Error::ForkedProcess`](crate::Error::ForkedProcess))
+    /// this still answers, touching no lock, cache or row: the counts cover
+    /// the extents the parent had checked, and the peers are listed as an
+    /// outsider sees them (none is the child's own).
     pub fn stats(&self) -> Stats {
         let pool = &self.pool;
+        let inherited = self.is_inherited();
         let classes = (0..pool.class_count())
             .map(|c| {
-                let n = pool.counts(c);
+                let n = if inherited {
+                    pool.counts_checked(c)
+                } else {
+                    pool.counts(c)
+                };
                 let free = n.free_listed.saturating_add(n.fresh);
                 ClassStats {
                     slot_size: pool.class(c).size,
@@ -96,12 +107,16 @@ impl Slab {
             current_size: pool.current_size(),
             file_size: sys::file_len(pool.mem.file()).unwrap_or(0),
             generation: pool.generation(),
-            peers: self.peers().unwrap_or_default(),
+            peers: match self.peers() {
+                Err(Error::ForkedProcess) => peers::list(pool, None),
+                listed => listed,
+            }
+            .unwrap_or_default(),
         }
     }
 
     /// The rows of the peer table in use.
     pub fn peers(&self) -> Result<Vec<PeerInfo>> {
-        peers::list(&self.pool, Some(self.row))
+        peers::list(self.pool()?, Some(self.row))
     }
 }

@@ -242,7 +242,7 @@ impl Slab {
     pub fn alloc<T: Pod>(&self, value: T) -> Result<Handle<T>> {
         let c = self.class_for(size_of::<T>() as u64, align_of::<T>() as u64)?;
         let (raw, addr) = self.alloc_in(c, align_of::<T>() as u64)?;
-        self.pool.fill_new(addr, 0, bytemuck::bytes_of(&value))?;
+        self.pool()?.fill_new(addr, 0, bytemuck::bytes_of(&value))?;
         Ok(Handle::from_raw(raw))
     }
 
@@ -266,11 +266,12 @@ impl Slab {
     fn alloc_zeroed_bytes(&self, bytes: u64, align: u64) -> Result<SlotRef> {
         let c = self.class_for(bytes, align)?;
         let (raw, addr) = self.alloc_in(c, align)?;
+        let pool = self.pool()?;
         let zeros = [0u8; 4096];
         let mut at = 0u64;
         while at < bytes {
             let n = (bytes - at).min(zeros.len() as u64) as usize;
-            self.pool.fill_new(addr, at, &zeros[..n])?;
+            pool.fill_new(addr, at, &zeros[..n])?;
             at += n as u64;
         }
         Ok(raw)
@@ -291,7 +292,7 @@ impl Slab {
     #[inline(always)]
     pub fn read<T: Pod>(&self, handle: Handle<T>) -> Result<T> {
         let mut value = T::zeroed();
-        self.pool
+        self.pool()?
             .read_at(&handle.raw, 0, bytemuck::bytes_of_mut(&mut value))
             .map_err(not_for_type)?;
         Ok(value)
@@ -309,7 +310,7 @@ impl Slab {
     /// ```
     #[inline(always)]
     pub fn write<T: Pod>(&self, handle: Handle<T>, value: T) -> Result<()> {
-        self.pool
+        self.pool()?
             .write_at(&handle.raw, 0, bytemuck::bytes_of(&value))
             .map_err(not_for_type)
     }
@@ -336,6 +337,7 @@ impl Slab {
 
     /// Allocates a slot for `len` `T`s, zeroed.
     pub fn alloc_slice<T: Pod>(&self, len: usize) -> Result<SliceHandle<T>> {
+        self.pool()?;
         let bytes = (size_of::<T>() as u64)
             .checked_mul(len as u64)
             .ok_or_else(|| Error::TooLarge {
@@ -369,10 +371,10 @@ impl Slab {
     /// Copies element `index` out of the slice.
     #[inline]
     pub fn get<T: Pod>(&self, slice: SliceHandle<T>, index: usize) -> Result<T> {
+        let pool = self.pool()?;
         let at = self.element_offset(&slice, index)?;
         let mut value = T::zeroed();
-        self.pool
-            .read_at(&slice.raw, at, bytemuck::bytes_of_mut(&mut value))
+        pool.read_at(&slice.raw, at, bytemuck::bytes_of_mut(&mut value))
             .map_err(not_for_type)?;
         Ok(value)
     }
@@ -380,25 +382,25 @@ impl Slab {
     /// Copies `value` into element `index` of the slice.
     #[inline]
     pub fn set<T: Pod>(&self, slice: SliceHandle<T>, index: usize, value: T) -> Result<()> {
+        let pool = self.pool()?;
         let at = self.element_offset(&slice, index)?;
-        self.pool
-            .write_at(&slice.raw, at, bytemuck::bytes_of(&value))
+        pool.write_at(&slice.raw, at, bytemuck::bytes_of(&value))
             .map_err(not_for_type)
     }
 
     /// Copies the first `dst.len()` elements of the slice into `dst`.
     pub fn read_into<T: Pod>(&self, slice: SliceHandle<T>, dst: &mut [T]) -> Result<()> {
+        let pool = self.pool()?;
         self.check_bulk(&slice, dst.len())?;
-        self.pool
-            .read_at(&slice.raw, 0, bytemuck::cast_slice_mut(dst))
+        pool.read_at(&slice.raw, 0, bytemuck::cast_slice_mut(dst))
             .map_err(not_for_type)
     }
 
     /// Copies `src` into the first `src.len()` elements of the slice.
     pub fn write_from<T: Pod>(&self, slice: SliceHandle<T>, src: &[T]) -> Result<()> {
+        let pool = self.pool()?;
         self.check_bulk(&slice, src.len())?;
-        self.pool
-            .write_at(&slice.raw, 0, bytemuck::cast_slice(src))
+        pool.write_at(&slice.raw, 0, bytemuck::cast_slice(src))
             .map_err(not_for_type)
     }
 

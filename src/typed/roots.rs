@@ -246,7 +246,7 @@ impl Slab {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn root<T: Schema>(&self, name: &str) -> Result<Option<Handle<T>>> {
-        Ok(get(&self.pool, self.me, name, fingerprint_of::<T>())?.map(Handle::from_raw))
+        Ok(get(self.pool()?, self.me, name, fingerprint_of::<T>())?.map(Handle::from_raw))
     }
 
     /// The handle under `name`; if there is none, allocates `init`, stores it
@@ -264,7 +264,7 @@ impl Slab {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn root_or_insert<T: Schema>(&self, name: &str, init: T) -> Result<Handle<T>> {
-        let raw = get_or_insert(&self.pool, self.me, name, fingerprint_of::<T>(), || {
+        let raw = get_or_insert(self.pool()?, self.me, name, fingerprint_of::<T>(), || {
             Ok(self.alloc(init)?.raw())
         })?;
         Ok(Handle::from_raw(raw))
@@ -273,12 +273,13 @@ impl Slab {
     /// Removes the root `name` and frees its object. Returns whether there
     /// was one.
     pub fn remove_root(&self, name: &str) -> Result<bool> {
-        remove(&self.pool, self.me, name, |h| self.free(h))
+        remove(self.pool()?, self.me, name, |h| self.free(h))
     }
 
     /// Every named root.
     pub fn roots(&self) -> Result<Vec<RootInfo>> {
-        let _guard = lock_roots(&self.pool, self.me)?;
-        list_roots(&self.pool)
+        let pool = self.pool()?;
+        let _guard = lock_roots(pool, self.me)?;
+        list_roots(pool)
     }
 }
