@@ -248,6 +248,21 @@ pub enum Error {
         /// Rows in the table.
         capacity: usize,
     },
+
+    /// The file's open-file-description locks (`F_OFD_SETLK`,
+    /// `F_OFD_GETLK`) do not work here, typically because the filesystem
+    /// does not support them. Each process holds one on its peer row so that
+    /// the kernel tells the others when it dies; without them a live process
+    /// would look dead and its slots could be reclaimed under it, so
+    /// shmslab does not attach (or create) at all.
+    #[error(
+        "the filesystem does not support OFD locks (fcntl F_OFD_SETLK/F_OFD_GETLK failed with errno {errno}), which shmslab needs to detect crashed processes; put the segment on a local filesystem such as tmpfs (/dev/shm), ext4 or XFS"
+    )]
+    LivenessLocksUnsupported {
+        /// The errno the lock call failed with (`ENOLCK`, `EINVAL`,
+        /// `EOPNOTSUPP`).
+        errno: i32,
+    },
 }
 
 /// `Result` with [`Error`].

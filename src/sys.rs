@@ -1,6 +1,6 @@
 //! The few operating-system calls the crate makes beyond what memmap2 and
 //! std give: disk reservation, open-file-description locks, and process
-//! identity. Linux only: OFD locks (`F_OFD_SETLK`) are what lets the kernel
+//! identity (recorded in the peer table for display). Linux only: OFD locks (`F_OFD_SETLK`) are what lets the kernel
 //! tell us that a peer died, and they have no portable equivalent.
 
 use std::fs::File;
@@ -162,6 +162,9 @@ fn fcntl_lock(file: &File, cmd: libc::c_int, fl: &mut libc::flock) -> io::Result
 
 /// Tries to take the exclusive OFD lock on one byte without waiting.
 pub(crate) fn ofd_try_lock(file: &File, byte: u64) -> io::Result<TryLock> {
+    if let Some(errno) = crate::fault::ofd_fault(crate::fault::OfdCall::Lock) {
+        return Err(io::Error::from_raw_os_error(errno));
+    }
     let mut fl = ofd_flock(libc::F_WRLCK as libc::c_short, byte);
     match fcntl_lock(file, libc::F_OFD_SETLK, &mut fl) {
         Ok(()) => Ok(TryLock::Acquired),
@@ -180,6 +183,9 @@ pub(crate) fn ofd_unlock(file: &File, byte: u64) -> io::Result<()> {
 
 /// Whether another open file description holds a lock on `byte`.
 pub(crate) fn ofd_is_locked(file: &File, byte: u64) -> io::Result<bool> {
+    if let Some(errno) = crate::fault::ofd_fault(crate::fault::OfdCall::Query) {
+        return Err(io::Error::from_raw_os_error(errno));
+    }
     let mut fl = ofd_flock(libc::F_WRLCK as libc::c_short, byte);
     fcntl_lock(file, libc::F_OFD_GETLK, &mut fl)?;
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
@@ -218,11 +224,6 @@ pub(crate) fn own_start_time(pid: u32) -> Option<u64> {
     }
 }
 
-/// Whether process `pid` that started at `start_time` still exists.
-pub(crate) fn process_alive(pid: u32, start_time: u64) -> bool {
-    process_start_time(pid) == Some(start_time)
-}
-
 /// Opens a new open file description of the file behind `fd` (through
 /// `/proc/self/fd`), so that OFD locks taken on it are ours alone even when
 /// `fd` was received from another process with `SCM_RIGHTS`.
@@ -242,8 +243,7 @@ mod tests {
         let pid = current_pid();
         let t = process_start_time(pid).expect("own /proc/self/stat");
         assert_eq!(process_start_time(pid), Some(t));
-        assert!(process_alive(pid, t));
-        assert!(!process_alive(pid, t + 1));
+        assert_eq!(own_start_time(pid), Some(t));
     }
 
     #[test]
