@@ -251,12 +251,13 @@ pub enum Error {
 
     /// The file's open-file-description locks (`F_OFD_SETLK`,
     /// `F_OFD_GETLK`) do not work here, typically because the filesystem
-    /// does not support them. Each process holds one on its peer row so that
+    /// does not support them (`ENOLCK` can also mean the kernel ran out of
+    /// lock records; retrying later may then work). Each process holds one on its peer row so that
     /// the kernel tells the others when it dies; without them a live process
     /// would look dead and its slots could be reclaimed under it, so
     /// shmslab does not attach (or create) at all.
     #[error(
-        "the filesystem does not support OFD locks (fcntl F_OFD_SETLK/F_OFD_GETLK failed with errno {errno}), which shmslab needs to detect crashed processes; put the segment on a local filesystem such as tmpfs (/dev/shm), ext4 or XFS"
+        "OFD locks do not work on this segment file (fcntl F_OFD_SETLK/F_OFD_GETLK failed with errno {errno}): the filesystem does not support them, or (ENOLCK) the kernel ran out of lock records; shmslab needs them to detect crashed processes, so it does not attach without them; put the segment on a local filesystem such as tmpfs (/dev/shm), ext4 or XFS"
     )]
     LivenessLocksUnsupported {
         /// The errno the lock call failed with (`ENOLCK`, `EINVAL`,
