@@ -128,7 +128,7 @@ pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) 
         return Ok(report);
     }
     let geo = &pool.geo;
-    let live_rows = check_peers(pool, me.map(|m| m.0), &mut report);
+    let live_rows = check_peers(pool, me.map(|m| m.0), &mut report)?;
     // Under the growth lock (when we have an identity), an active journal
     // is a growth whose grower died, not one in progress. Either way it is
     // a state the next attach, reclaim or growth repairs: a note, not a
@@ -166,7 +166,11 @@ pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) 
 
 /// Peer rows: known states. Returns which owner ids (row + 1) are alive, and
 /// which rows exist at all.
-fn check_peers<M: Memory>(pool: &Pool<M>, own: Option<usize>, report: &mut Report) -> OwnerRows {
+fn check_peers<M: Memory>(
+    pool: &Pool<M>,
+    own: Option<usize>,
+    report: &mut Report,
+) -> Result<OwnerRows> {
     let geo = &pool.geo;
     let mut rows = OwnerRows::default();
     for row in 0..geo.config.peer_capacity {
@@ -180,7 +184,7 @@ fn check_peers<M: Memory>(pool: &Pool<M>, own: Option<usize>, report: &mut Repor
                 continue;
             }
         }
-        let alive = own == Some(row) || pool.liveness.row_alive(&pool.mem, geo, row);
+        let alive = own == Some(row) || pool.liveness.row_alive(&pool.mem, row)?;
         rows.present.insert(row as u32 + 1);
         if alive {
             rows.alive.insert(row as u32 + 1);
@@ -189,7 +193,7 @@ fn check_peers<M: Memory>(pool: &Pool<M>, own: Option<usize>, report: &mut Repor
             report.dead_peers += 1;
         }
     }
-    rows
+    Ok(rows)
 }
 
 #[derive(Default)]

@@ -256,6 +256,21 @@ pub enum Error {
     /// is harmless.
     #[error("this Slab was inherited through fork; attach again in the child")]
     ForkedProcess,
+    /// The file's open-file-description locks (`F_OFD_SETLK`,
+    /// `F_OFD_GETLK`) do not work here, typically because the filesystem
+    /// does not support them (`ENOLCK` can also mean the kernel ran out of
+    /// lock records; retrying later may then work). Each process holds one on its peer row so that
+    /// the kernel tells the others when it dies; without them a live process
+    /// would look dead and its slots could be reclaimed under it, so
+    /// shmslab does not attach (or create) at all.
+    #[error(
+        "OFD locks do not work on this segment file (fcntl F_OFD_SETLK/F_OFD_GETLK failed with errno {errno}): the filesystem does not support them, or (ENOLCK) the kernel ran out of lock records; shmslab needs them to detect crashed processes, so it does not attach without them; put the segment on a local filesystem such as tmpfs (/dev/shm), ext4 or XFS"
+    )]
+    LivenessLocksUnsupported {
+        /// The errno the lock call failed with (`ENOLCK`, `EINVAL`,
+        /// `EOPNOTSUPP`).
+        errno: i32,
+    },
 }
 
 /// `Result` with [`Error`].

@@ -77,7 +77,10 @@ impl Snapshot {
 /// full consistency check.
 ///
 /// A file that is not a readable segment (missing, empty, foreign, another
-/// version or architecture, truncated, with a corrupt header) is an `Err`.
+/// version or architecture, truncated, with a corrupt header) is an `Err`,
+/// and so is one with holes (a sparse copy) on tmpfs, where reading a hole
+/// allocates a page that a read-only mapping cannot reserve (attach it with
+/// [`Slab::attach`](crate::Slab::attach) once, which fills the holes).
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;

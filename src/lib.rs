@@ -55,7 +55,10 @@
 //! ## Platform
 //!
 //! Linux: liveness of peer processes rests on open-file-description locks
-//! (`F_OFD_SETLK`), which the kernel releases when a process dies.
+//! (`F_OFD_SETLK`), which the kernel releases when a process dies. On a
+//! filesystem where they do not work, attach and create fail with
+//! [`Error::LivenessLocksUnsupported`] rather than run without crash
+//! detection.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

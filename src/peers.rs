@@ -4,7 +4,11 @@
 //! OFD lock on the row's byte in the file's lock space, taken on an open file
 //! description it opened itself. The kernel drops that lock when the process
 //! dies, however it dies, so "is row r alive?" is answered by the kernel, not
-//! by a timeout; pid plus start time is kept as a fallback and for display.
+//! by a timeout. There is no fallback: where OFD locks do not work (taking or
+//! asking about one fails), attach fails with
+//! [`Error::LivenessLocksUnsupported`], since without them a live peer would
+//! look dead and reclaim and register would not exclude each other. Pid and
+//! start time are recorded for display only.
 //!
 //! Slots carry their owner (row + 1) in their metadata word. Reclaiming a
 //! dead row frees every slot it owned — allocated or sitting in its caches —
@@ -15,7 +19,7 @@
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
 use crate::format::{self, Meta, SlotState, peer};
-use crate::pool::{Liveness, Owner, PEER_LOCK_BASE, Pool};
+use crate::pool::{Liveness, Owner, PEER_LOCK_BASE, Pool, liveness_lock_error};
 use crate::region::Memory;
 use crate::sync::Ordering;
 use crate::sys;
@@ -77,7 +81,16 @@ fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Resul
     if !lock_row(pool, row)? {
         return Ok(None);
     }
-    if (was != peer::EMPTY && !dead_row(pool, row))
+    // Asked even for an empty row: the others will judge us by this call,
+    // so it must work before the row is ours.
+    let dead = match dead_row(pool, row) {
+        Ok(dead) => dead,
+        Err(e) => {
+            unlock_row(pool, row);
+            return Err(e);
+        }
+    };
+    if (was != peer::EMPTY && !dead)
         || state
             .compare_exchange(was, peer::CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
@@ -107,38 +120,24 @@ fn try_take_row<M: Memory>(pool: &Pool<M>, row: usize, take_dead: bool) -> Resul
 }
 
 /// Whether a row whose lock we could take belongs to a dead process.
-fn dead_row<M: Memory>(pool: &Pool<M>, row: usize) -> bool {
+fn dead_row<M: Memory>(pool: &Pool<M>, row: usize) -> Result<bool> {
     // With the row's lock in our hands, the kernel's answer is "not locked
-    // by anyone else" (dead); where OFD locks are unsupported, `row_alive`
-    // falls back to pid and start time.
-    !pool.liveness.row_alive(&pool.mem, &pool.geo, row)
+    // by anyone else" (dead).
+    Ok(!pool.liveness.row_alive(&pool.mem, row)?)
 }
 
 /// Takes the OFD lock on `row` (file-backed pools); `false` if a live
-/// process holds it.
+/// process holds it. A lock that cannot be taken at all is an error
+/// ([`Error::LivenessLocksUnsupported`] where OFD locks do not work), never
+/// "acquired": running on without it would leave the row unguarded.
 fn lock_row<M: Memory>(pool: &Pool<M>, row: usize) -> Result<bool> {
-    match &pool.liveness {
-        Liveness::File => match pool
-            .mem
-            .lock_file()
-            .map(|file| sys::ofd_try_lock(file, PEER_LOCK_BASE + row as u64))
-            .unwrap_or(Ok(sys::TryLock::Acquired))
-        {
-            Ok(sys::TryLock::Acquired) => Ok(true),
-            Ok(sys::TryLock::Busy) => Ok(false),
-            // No OFD locks on this filesystem: liveness falls back to pid
-            // and start time (see `Liveness::row_alive`).
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINVAL | libc::ENOLCK | libc::EOPNOTSUPP)
-                ) =>
-            {
-                Ok(true)
-            }
-            Err(e) => Err(Error::io("lock peer row", "", e)),
-        },
-        Liveness::Simulated { .. } => Ok(true),
+    let (Liveness::File, Some(file)) = (&pool.liveness, pool.mem.lock_file()) else {
+        return Ok(true);
+    };
+    match sys::ofd_try_lock(file, PEER_LOCK_BASE + row as u64) {
+        Ok(sys::TryLock::Acquired) => Ok(true),
+        Ok(sys::TryLock::Busy) => Ok(false),
+        Err(e) => Err(liveness_lock_error("lock peer row", e)),
     }
 }
 
@@ -278,7 +277,7 @@ pub(crate) fn reclaim_dead<M: Memory>(pool: &Pool<M>, me: (usize, Owner)) -> Res
         let done = (|| -> Result<bool> {
             // Re-read under the row lock: another reclaimer may have emptied
             // it. Live or left half claimed, its slots are owned by row + 1.
-            if !dead_row(pool, row) || state_w.load(Ordering::Acquire) == peer::EMPTY {
+            if !dead_row(pool, row)? || state_w.load(Ordering::Acquire) == peer::EMPTY {
                 return Ok(false);
             }
             let (freed, kept) = reclaim_row(pool, me.1, row as u32 + 1)?;
@@ -308,7 +307,7 @@ pub(crate) fn list<M: Memory>(pool: &Pool<M>, own_row: Option<usize>) -> Result<
         out.push(PeerInfo {
             row,
             pid,
-            alive: own_row == Some(row) || pool.liveness.row_alive(&pool.mem, &pool.geo, row),
+            alive: own_row == Some(row) || pool.liveness.row_alive(&pool.mem, row)?,
             is_self: own_row == Some(row),
         });
     }

@@ -1,6 +1,6 @@
 //! The few operating-system calls the crate makes beyond what memmap2 and
 //! std give: disk reservation, open-file-description locks, and process
-//! identity. Linux only: OFD locks (`F_OFD_SETLK`) are what lets the kernel
+//! identity (recorded in the peer table for display). Linux only: OFD locks (`F_OFD_SETLK`) are what lets the kernel
 //! tell us that a peer died, and they have no portable equivalent.
 
 use std::fs::File;
@@ -44,6 +44,74 @@ fn reserve_by_writing(file: &File, offset: u64, len: u64) -> io::Result<()> {
         at = (at / block + 1) * block;
     }
     file.write_all_at(&[0], end - 1)
+}
+
+/// Makes every byte of `[offset, offset + len)` — bytes the file already
+/// has — backed by a block, without changing the file's length. A hole (a
+/// sparse copy, a grower that did not reserve) only gets its block at the
+/// first store through a mapping, and where the disk is full that store
+/// raises `SIGBUS`; here it is an `ENOSPC` error instead.
+///
+/// Where the blocks exist this only walks the file's block map (on tmpfs it
+/// also zeroes pages reserved but never touched, which their first touch
+/// would do anyway). It never changes data: `fallocate` leaves allocated
+/// bytes alone, so a peer storing into the range meanwhile loses nothing.
+pub(crate) fn fill_holes(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::KEEP_SIZE, offset, len) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+            // Without fallocate a hole can only be filled by writing zeros
+            // into it, which would overwrite a peer's store made meanwhile:
+            // refuse a file that has one.
+            match first_hole(file, offset, len)? {
+                None => Ok(()),
+                Some(at) => Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "the file has a hole at byte {at} (a sparse copy?) and this filesystem \
+                         cannot allocate it (no fallocate); copy the file without holes"
+                    ),
+                )),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The first hole in `[offset, offset + len)` by `lseek(SEEK_HOLE)`, or
+/// `None` (also where the filesystem cannot tell). Moves the file offset,
+/// which the crate does not use, and puts it back.
+fn first_hole(file: &File, offset: u64, len: u64) -> io::Result<Option<u64>> {
+    use rustix::fs::{SeekFrom, seek};
+    let was = seek(file, SeekFrom::Current(0))?;
+    let found = seek(file, SeekFrom::Hole(offset));
+    seek(file, SeekFrom::Start(was))?;
+    match found {
+        Ok(at) if at < offset.saturating_add(len) => Ok(Some(at)),
+        Ok(_) | Err(rustix::io::Errno::NXIO) | Err(rustix::io::Errno::INVAL) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Bytes of `file` that reading through a mapping would have to allocate:
+/// on tmpfs a read of a hole allocates a page, and faults with `SIGBUS` when
+/// the tmpfs is full; on other filesystems a hole reads as zeros without a
+/// block, so this is 0 there. tmpfs counts every page it holds for the file
+/// in `st_blocks` (pages reserved but never touched included), so fewer
+/// blocks than the length means holes.
+pub(crate) fn unbacked_on_read(file: &File) -> io::Result<u64> {
+    let fs = rustix::fs::fstatfs(file)?;
+    // `f_type` and the constant have different integer types on some targets.
+    #[allow(clippy::unnecessary_cast)]
+    if fs.f_type as i64 != libc::TMPFS_MAGIC as i64 {
+        return Ok(0);
+    }
+    let st = rustix::fs::fstat(file)?;
+    let len = (st.st_size as u64).div_ceil(page_size()) * page_size();
+    Ok(len.saturating_sub(st.st_blocks as u64 * 512))
 }
 
 /// The file's current length, from `fstat`.
@@ -94,6 +162,9 @@ fn fcntl_lock(file: &File, cmd: libc::c_int, fl: &mut libc::flock) -> io::Result
 
 /// Tries to take the exclusive OFD lock on one byte without waiting.
 pub(crate) fn ofd_try_lock(file: &File, byte: u64) -> io::Result<TryLock> {
+    if let Some(errno) = crate::fault::ofd_fault(crate::fault::OfdCall::Lock) {
+        return Err(io::Error::from_raw_os_error(errno));
+    }
     let mut fl = ofd_flock(libc::F_WRLCK as libc::c_short, byte);
     match fcntl_lock(file, libc::F_OFD_SETLK, &mut fl) {
         Ok(()) => Ok(TryLock::Acquired),
@@ -119,6 +190,9 @@ pub(crate) fn ofd_unlock_all(file: &File) -> io::Result<()> {
 
 /// Whether another open file description holds a lock on `byte`.
 pub(crate) fn ofd_is_locked(file: &File, byte: u64) -> io::Result<bool> {
+    if let Some(errno) = crate::fault::ofd_fault(crate::fault::OfdCall::Query) {
+        return Err(io::Error::from_raw_os_error(errno));
+    }
     let mut fl = ofd_flock(libc::F_WRLCK as libc::c_short, byte);
     fcntl_lock(file, libc::F_OFD_GETLK, &mut fl)?;
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
@@ -157,11 +231,6 @@ pub(crate) fn own_start_time(pid: u32) -> Option<u64> {
     }
 }
 
-/// Whether process `pid` that started at `start_time` still exists.
-pub(crate) fn process_alive(pid: u32, start_time: u64) -> bool {
-    process_start_time(pid) == Some(start_time)
-}
-
 /// Opens a new open file description of the file behind `fd` (through
 /// `/proc/self/fd`), so that OFD locks taken on it are ours alone even when
 /// `fd` was received from another process with `SCM_RIGHTS`.
@@ -181,8 +250,7 @@ mod tests {
         let pid = current_pid();
         let t = process_start_time(pid).expect("own /proc/self/stat");
         assert_eq!(process_start_time(pid), Some(t));
-        assert!(process_alive(pid, t));
-        assert!(!process_alive(pid, t + 1));
+        assert_eq!(own_start_time(pid), Some(t));
     }
 
     #[test]
@@ -197,6 +265,30 @@ mod tests {
         ofd_unlock(&f, 1 << 40).unwrap();
         assert!(!ofd_is_locked(&g, 1 << 40).unwrap());
         assert_eq!(ofd_try_lock(&g, 1 << 40).unwrap(), TryLock::Acquired);
+    }
+
+    #[test]
+    fn fill_holes_backs_a_sparse_range_and_keeps_the_length() {
+        use std::os::unix::fs::MetadataExt;
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1 << 20).unwrap();
+        let backed = |f: &File| f.metadata().unwrap().blocks() * 512;
+        assert!(backed(&f) < 1 << 20, "set_len made no hole");
+        fill_holes(&f, 4096, 64 << 10).unwrap();
+        assert!(backed(&f) >= 64 << 10);
+        fill_holes(&f, 0, 1 << 20).unwrap();
+        assert!(backed(&f) >= 1 << 20);
+        assert_eq!(file_len(&f).unwrap(), 1 << 20);
+    }
+
+    #[test]
+    fn first_hole_finds_the_hole_after_written_bytes() {
+        use std::os::unix::fs::FileExt;
+        let f = tempfile::tempfile().unwrap();
+        f.write_all_at(&[1; 8192], 0).unwrap();
+        f.set_len(1 << 20).unwrap();
+        assert_eq!(first_hole(&f, 0, 4096).unwrap(), None);
+        assert_eq!(first_hole(&f, 0, 1 << 20).unwrap(), Some(8192));
     }
 
     #[test]

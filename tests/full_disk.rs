@@ -16,10 +16,9 @@ mod common;
 mod hardening;
 
 use common::live::XorShift;
+use common::tmpfs::SmallTmpfs;
 use hardening::*;
 use shmslab::{Error, Slab, SlotRef};
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -237,76 +236,13 @@ fn fill_then_reattach(test: &str, seg: &Path, handles: &Path, mode: &[&str]) {
     assert!(msgs.iter().any(|(k, _)| k == "reattached"));
 }
 
-// ---------------------------------------------------------------------------
-// A small tmpfs.
-// ---------------------------------------------------------------------------
-
-/// A tmpfs mounted on a temporary directory, unmounted on drop (lazily if
-/// something still holds it).
-struct SmallTmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl SmallTmpfs {
-    /// Mounts one of `size` (e.g. `"4m"`), or says why it cannot.
-    fn mount(size: &str) -> Result<Self, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not running as root".into());
-        }
-        let dir = tempfile::Builder::new()
-            .prefix("shmslab-full-disk-")
-            .tempdir()
-            .map_err(|e| format!("temp dir: {e}"))?;
-        let target = CString::new(dir.path().as_os_str().as_bytes()).unwrap();
-        let opts = CString::new(format!("size={size}")).unwrap();
-        // SAFETY: all pointers are valid NUL-terminated strings for the call.
-        let rc = unsafe {
-            libc::mount(
-                c"none".as_ptr(),
-                target.as_ptr(),
-                c"tmpfs".as_ptr(),
-                0,
-                opts.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(format!(
-                "mount -t tmpfs failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        Ok(SmallTmpfs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallTmpfs {
-    fn drop(&mut self) {
-        let target = CString::new(self.dir.path().as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid NUL-terminated path.
-        let rc = unsafe { libc::umount2(target.as_ptr(), 0) };
-        if rc != 0 {
-            // SAFETY: as above; MNT_DETACH unmounts once nothing uses it.
-            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
-
 #[test]
 fn growth_on_a_full_tmpfs_fails_cleanly_and_the_segment_stays_usable() {
     if child_part() {
         return;
     }
-    let fs = match SmallTmpfs::mount("4m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            println!("SKIPPED: cannot mount a small tmpfs: {why}");
-            return;
-        }
+    let Some(fs) = SmallTmpfs::mount_or_skip("4m") else {
+        return;
     };
     let handles_dir = tempfile::tempdir().unwrap();
     let seg: PathBuf = fs.path().join("seg.shm");

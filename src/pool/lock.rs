@@ -13,9 +13,7 @@
 //! is dead, takes the word over with a CAS and is told so (`recovered`), so it
 //! can repair whatever the dead holder left half done.
 
-#[cfg(not(loom))]
-use crate::error::Error;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{self, Geometry, peer};
 use crate::region::Memory;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, spin_hint};
@@ -61,8 +59,9 @@ impl Owner {
 #[derive(Debug)]
 pub(crate) enum Liveness {
     /// A real file: a peer is alive while another open file description holds
-    /// the OFD lock on its row byte (pid and start time as the fallback where
-    /// OFD locks are unsupported).
+    /// the OFD lock on its row byte. There is no other mechanism: where OFD
+    /// locks do not work, asking is [`Error::LivenessLocksUnsupported`] and
+    /// attach fails (pid and start time in the row are for display only).
     ///
     /// Our own row reads as dead here (our lock does not conflict with
     /// itself); callers skip it. The locks are taken on an open file
@@ -78,6 +77,18 @@ pub(crate) enum Liveness {
     },
 }
 
+/// The error for a failed OFD lock call: the errnos that mean "no OFD locks
+/// here" (`ENOLCK`, `EINVAL`, `EOPNOTSUPP`) are
+/// [`Error::LivenessLocksUnsupported`], anything else an I/O error.
+pub(crate) fn liveness_lock_error(op: &'static str, e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(errno @ (libc::ENOLCK | libc::EINVAL | libc::EOPNOTSUPP)) => {
+            Error::LivenessLocksUnsupported { errno }
+        }
+        _ => Error::io(op, "", e),
+    }
+}
+
 impl Liveness {
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn simulated() -> Self {
@@ -86,27 +97,18 @@ impl Liveness {
         }
     }
 
-    /// Whether the process behind `row` is alive (for a LIVE row).
-    pub(crate) fn row_alive(&self, mem: &impl Memory, geo: &Geometry, row: usize) -> bool {
+    /// Whether the process behind `row` is alive (for a LIVE row): the
+    /// kernel's answer, or an error if it cannot give one.
+    pub(crate) fn row_alive(&self, mem: &impl Memory, row: usize) -> Result<bool> {
         match self {
             Liveness::Simulated { dead } => {
-                row >= 64 || dead.load(Ordering::Acquire) & (1 << row) == 0
+                Ok(row >= 64 || dead.load(Ordering::Acquire) & (1 << row) == 0)
             }
-            Liveness::File => {
-                let Some(file) = mem.lock_file() else {
-                    return true;
-                };
-                match sys::ofd_is_locked(file, PEER_LOCK_BASE + row as u64) {
-                    Ok(locked) => locked,
-                    Err(_) => {
-                        // No OFD locks here: fall back to pid + start time.
-                        let base = geo.peer_row(row);
-                        let pid = format::load(mem, base + peer::PID).unwrap_or(0);
-                        let start = format::load(mem, base + peer::START_TIME).unwrap_or(0);
-                        pid != 0 && sys::process_alive(pid as u32, start)
-                    }
-                }
-            }
+            Liveness::File => match mem.lock_file() {
+                None => Ok(true),
+                Some(file) => sys::ofd_is_locked(file, PEER_LOCK_BASE + row as u64)
+                    .map_err(|e| liveness_lock_error("query peer row lock", e)),
+            },
         }
     }
 
@@ -121,22 +123,22 @@ impl Liveness {
         geo: &Geometry,
         token: u64,
         ask_kernel: bool,
-    ) -> bool {
+    ) -> Result<bool> {
         let Some(row) = Owner::row_of(token) else {
-            return true;
+            return Ok(true);
         };
         if row >= geo.config.peer_capacity {
-            return true;
+            return Ok(true);
         }
         let base = geo.peer_row(row);
         let state = format::load(mem, base + peer::STATE).unwrap_or(peer::EMPTY);
         let inc = format::load(mem, base + peer::INCARNATION).unwrap_or(0);
         if state != peer::LIVE || inc != token >> 32 {
-            return true;
+            return Ok(true);
         }
         // Simulated liveness costs nothing to ask.
         let cheap = matches!(self, Liveness::Simulated { .. });
-        (ask_kernel || cheap) && !self.row_alive(mem, geo, row)
+        Ok((ask_kernel || cheap) && !self.row_alive(mem, row)?)
     }
 }
 
@@ -197,9 +199,9 @@ pub(crate) fn acquire<'a, M: Memory>(
             // be live (ours — we hold the local mutex — or a stale row); once
             // the wait is long enough to matter, ask the kernel now and then.
             let dead = if spins == 1 {
-                cur == owner.token || liveness.token_dead(mem, geo, cur, false)
+                cur == owner.token || liveness.token_dead(mem, geo, cur, false)?
             } else {
-                backoff.time_to_ask() && liveness.token_dead(mem, geo, cur, true)
+                backoff.time_to_ask() && liveness.token_dead(mem, geo, cur, true)?
             };
             if !dead {
                 backoff.wait(cur)?;

@@ -38,7 +38,7 @@ mod grow;
 pub(crate) mod lock;
 mod shared;
 
-pub(crate) use lock::{Liveness, Owner, PEER_LOCK_BASE};
+pub(crate) use lock::{Liveness, Owner, PEER_LOCK_BASE, liveness_lock_error};
 
 use crate::error::{Error, Result};
 use crate::fault::crash_point;

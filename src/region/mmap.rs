@@ -3,7 +3,12 @@
 //!
 //! Three rules keep a store into the mapping from ever raising `SIGBUS`:
 //! - the file's blocks are reserved with `fallocate` *before* the region's
-//!   length covers them, so a full disk is an error at grow time;
+//!   length covers them, so a full disk is an error at grow time — and not
+//!   only bytes this process adds: attach and every growth it observes fill
+//!   the holes of the range they make touchable (a sparse copy, a grower
+//!   that did not reserve), so a full disk is an error there too. A
+//!   read-only region cannot reserve; it refuses a file whose holes a read
+//!   would have to allocate (on tmpfs);
 //! - a mapping may be longer than the file (the address-space reservation),
 //!   but nothing touches a byte past [`len`](MmapRegion::len), which only
 //!   grows once the bytes exist;
@@ -152,6 +157,8 @@ impl RegionOptions {
     }
 
     /// Opens and maps an existing file; its current length is the region's.
+    /// Holes in the file (a sparse copy) get their blocks first, so a full
+    /// disk is an error here rather than a `SIGBUS` at the first store.
     pub fn attach(&self, path: &Path) -> Result<MmapRegion> {
         // O_NONBLOCK: opening a FIFO must not wait for a writer; for a
         // regular file it changes nothing we use.
@@ -172,6 +179,7 @@ impl RegionOptions {
                 path: path.to_path_buf(),
             });
         }
+        back_range(&file, path, self.read_only, 0, meta.len())?;
         MmapRegion::map(
             file,
             path.to_path_buf(),
@@ -183,7 +191,8 @@ impl RegionOptions {
     }
 
     /// Maps `size` bytes of the file behind `fd`, for example one received
-    /// over `SCM_RIGHTS`. Fails if the file is shorter than `size`.
+    /// over `SCM_RIGHTS`. Fails if the file is shorter than `size`. Holes in
+    /// those bytes get their blocks first, as in [`attach`](Self::attach).
     pub fn attach_fd(&self, fd: OwnedFd, size: usize) -> Result<MmapRegion> {
         let file = File::from(fd);
         if size == 0 {
@@ -202,6 +211,7 @@ impl RegionOptions {
                 actual: meta.len(),
             });
         }
+        back_range(&file, Path::new(""), self.read_only, 0, size as u64)?;
         MmapRegion::map(
             file,
             PathBuf::new(),
@@ -211,6 +221,37 @@ impl RegionOptions {
             self.read_only,
         )
     }
+}
+
+/// Makes `[from, to)` of the file, bytes it already has, safe to touch
+/// through a mapping: every hole gets its block now (a full disk is
+/// `Io { op: "fallocate", ENOSPC }`, the error growth gives), or, for a
+/// read-only mapping, which cannot reserve, a file with holes that a read
+/// would have to allocate is refused.
+fn back_range(file: &File, path: &Path, read_only: bool, from: u64, to: u64) -> Result<()> {
+    if to <= from {
+        return Ok(());
+    }
+    if read_only {
+        let unbacked = sys::unbacked_on_read(file).map_err(|e| Error::io("fstatfs", path, e))?;
+        if unbacked > 0 {
+            return Err(Error::io(
+                "map read-only",
+                path,
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "{unbacked} bytes of the file are holes (a sparse copy?) on tmpfs, where \
+                         reading a hole allocates a page, and a read-only mapping cannot reserve \
+                         them; attach it read-write once (attach fills holes) or copy it without \
+                         holes"
+                    ),
+                ),
+            ));
+        }
+        return Ok(());
+    }
+    sys::fill_holes(file, from, to - from).map_err(|e| Error::io("fallocate", path, e))
 }
 
 fn invalid(path: &Path, op: &'static str, msg: &'static str) -> Error {
@@ -422,14 +463,18 @@ impl MmapRegion {
     }
 
     /// Picks up growth made by another process: if the file is now longer
-    /// than the region, maps the new bytes (a remap only when they fall
-    /// outside the mapping). Returns whether the length changed.
+    /// than the region, makes sure the new bytes have their blocks (holes
+    /// are filled; a full disk is an error and the length stays) and maps
+    /// them (a remap only when they fall outside the mapping). Returns
+    /// whether the length changed.
     pub fn check_and_remap(&self) -> Result<bool> {
         let file_len = sys::file_len(&self.file).map_err(|e| Error::io("fstat", &self.path, e))?;
         let mut maps = self.mappings.lock();
-        if file_len <= self.len.load(Ordering::Acquire) {
+        let len = self.len.load(Ordering::Acquire);
+        if file_len <= len {
             return Ok(false);
         }
+        back_range(&self.file, &self.path, self.read_only, len, file_len)?;
         self.map_through(&mut maps, file_len)?;
         Ok(true)
     }
@@ -542,6 +587,8 @@ impl Memory for MmapRegion {
                 actual: file_len,
             });
         }
+        let len = self.len.load(Ordering::Acquire);
+        back_range(&self.file, &self.path, self.read_only, len, min_len)?;
         self.map_through(&mut maps, min_len)
     }
 }

@@ -233,6 +233,7 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 pub mod live;
+pub mod tmpfs;
 
 /// Trims `slab`'s thread cache, checks the segment, and asserts the check is
 /// consistent and that no slot of any class is still allocated or cached —
