@@ -8,7 +8,7 @@ pub use builder::{DEFAULT_CLASSES, SlabBuilder};
 pub use stats::{ClassStats, Stats};
 
 use crate::error::{Error, Result};
-use crate::format::{SlotId, SlotRef};
+use crate::format::{LAST_GENERATION, SlotId, SlotRef};
 use crate::peers::{self, ReclaimReport};
 use crate::pool::{Owner, Pool, SlotAddr};
 use crate::region::MmapRegion;
@@ -392,6 +392,10 @@ impl Slab {
     #[inline(always)]
     pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let h = handle.into();
+        if h.generation == LAST_GENERATION {
+            // The slot's last life: it is retired, never cached again.
+            return self.pool.retire(&h);
+        }
         let (c, id) = self.pool.release(&h, self.me)?;
         let Some(cache) = self.cache() else {
             return self.pool.give(c, self.me, &[id]);
