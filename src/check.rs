@@ -8,7 +8,8 @@
 //!
 //! Invariants: every slot is fresh (past the cursor), free (on exactly one
 //! list, once), cached or allocated (by an existing owner row, or the
-//! segment); list counts match; extents lie inside `current_size` without
+//! segment), or retired (before the cursor; counted, not a finding); list
+//! counts match; extents lie inside `current_size` without
 //! overlap; roots point at live slots big enough for their type; peer rows
 //! hold known states.
 
@@ -54,6 +55,9 @@ pub struct ClassCheck {
     pub allocated: u64,
     /// Cached or allocated by processes that are dead (reclaimable).
     pub owned_by_dead: u64,
+    /// Retired: their last generation was used, so they are out of use for
+    /// good (one per 2³² − 1 lives of a slot). Not a finding.
+    pub retired: u64,
 }
 
 /// What [`Slab::check`] found.
@@ -292,6 +296,10 @@ fn check_class<M: Memory>(
         match m.state() {
             SlotState::Fresh if past_cursor => out.fresh += 1,
             SlotState::Fresh => bad("never claimed, but before the fresh cursor".into()),
+            // Only a slot that was used retires, and used slots lie before
+            // the cursor.
+            SlotState::Retired if past_cursor => bad("retired, but past the fresh cursor".into()),
+            SlotState::Retired => out.retired += 1,
             SlotState::Free => {
                 out.free += 1;
                 if !on_list.contains(&id) {

@@ -19,7 +19,7 @@
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
 use crate::format::{self, Meta, SlotState, peer};
-use crate::pool::{Liveness, Owner, PEER_LOCK_BASE, Pool, liveness_lock_error};
+use crate::pool::{Liveness, Owner, PEER_LOCK_BASE, Pool, liveness_lock_error, retire_if};
 use crate::region::Memory;
 use crate::sync::Ordering;
 use crate::sys;
@@ -51,6 +51,9 @@ pub struct ReclaimReport {
     /// Whether a growth that a dead process cut short was finished (or
     /// forgotten, if it had published nothing).
     pub growth_repaired: bool,
+    /// Slots retired instead of freed: their last generation was used, so
+    /// they are out of use for good (docs/DESIGN.md, *Generations*).
+    pub retired: u64,
 }
 
 /// Claims a row for a new peer and returns it with the peer's identity: an
@@ -176,8 +179,16 @@ enum Disposal {
     Detach,
 }
 
-/// Frees (or hands over) the slots of class `c` owned by `dead_id`, under
-/// the class lock taken as `me`. Returns (freed, kept).
+/// What [`release_owned`] did to a class's slots.
+#[derive(Default)]
+struct Released {
+    freed: u64,
+    kept: u64,
+    retired: u64,
+}
+
+/// Frees (or hands over, or retires) the slots of class `c` owned by
+/// `dead_id`, under the class lock taken as `me`.
 fn release_owned<M: Memory>(
     pool: &Pool<M>,
     c: usize,
@@ -185,13 +196,13 @@ fn release_owned<M: Memory>(
     dead_id: u32,
     rooted: &HashSet<(usize, u32, u32)>,
     how: Disposal,
-) -> Result<(u64, u64)> {
+) -> Result<Released> {
     let _guard = pool.lock_class(c, me)?;
     let list = pool.free_list(c)?;
     let owned_by_dead = |m: Meta| {
         matches!(m.state(), SlotState::Cached | SlotState::Allocated) && m.payload() == dead_id
     };
-    let (mut freed, mut kept) = (0u64, 0u64);
+    let mut out = Released::default();
     pool.for_each_slot(c, |id, w| {
         let m = Meta(w.load(Ordering::Acquire));
         if !owned_by_dead(m) {
@@ -204,25 +215,37 @@ fn release_owned<M: Memory>(
             if w.compare_exchange(m.0, to_segment.0, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                kept += 1;
+                out.kept += 1;
             }
             return;
         }
         // Same CAS a late free would race with: whoever wins, the slot is
         // freed once. Reclaim bumps the generation so a late free of a dead
-        // owner's handle reports it stale.
+        // owner's handle reports it stale; a slot whose last generation was
+        // used is retired instead, never given a wrapped one.
+        if how == Disposal::Reclaim && m.next_generation().is_none() {
+            if retire_if(w, |now| {
+                owned_by_dead(now) && now.next_generation().is_none()
+            }) {
+                out.retired += 1;
+            }
+            return;
+        }
         let pushed = list.push(w, id, |now| {
-            owned_by_dead(now).then(|| match how {
+            if !owned_by_dead(now) {
+                return None;
+            }
+            match how {
                 Disposal::Reclaim => now.next_generation(),
-                Disposal::Detach => now.generation(),
-            })
+                Disposal::Detach => Some(now.generation()),
+            }
         });
         if pushed {
-            freed += 1;
+            out.freed += 1;
             crash_point("reclaim.slot_freed");
         }
     })?;
-    Ok((freed, kept))
+    Ok(out)
 }
 
 /// The (class, slot id, generation) of every slot a ready root points at.
@@ -241,17 +264,18 @@ fn rooted_slots<M: Memory>(pool: &Pool<M>) -> Result<HashSet<(usize, u32, u32)>>
         .collect())
 }
 
-/// Frees (or, for rooted objects, hands to the segment) every slot owned by
-/// `owner_id`, acting as `me`. Returns (freed, kept).
-fn reclaim_row<M: Memory>(pool: &Pool<M>, me: Owner, owner_id: u32) -> Result<(u64, u64)> {
+/// Frees (or, for rooted objects, hands to the segment; or retires) every
+/// slot owned by `owner_id`, acting as `me`.
+fn reclaim_row<M: Memory>(pool: &Pool<M>, me: Owner, owner_id: u32) -> Result<Released> {
     let rooted = rooted_slots(pool)?;
-    let (mut freed, mut kept) = (0, 0);
+    let mut total = Released::default();
     for c in 0..pool.class_count() {
-        let (f, k) = release_owned(pool, c, me, owner_id, &rooted, Disposal::Reclaim)?;
-        freed += f;
-        kept += k;
+        let r = release_owned(pool, c, me, owner_id, &rooted, Disposal::Reclaim)?;
+        total.freed += r.freed;
+        total.kept += r.kept;
+        total.retired += r.retired;
     }
-    Ok((freed, kept))
+    Ok(total)
 }
 
 /// Frees the slots of every dead peer and clears their rows, acting as `me`
@@ -280,9 +304,10 @@ pub(crate) fn reclaim_dead<M: Memory>(pool: &Pool<M>, me: (usize, Owner)) -> Res
             if !dead_row(pool, row)? || state_w.load(Ordering::Acquire) == peer::EMPTY {
                 return Ok(false);
             }
-            let (freed, kept) = reclaim_row(pool, me.1, row as u32 + 1)?;
-            report.slots += freed;
-            report.kept_for_roots += kept;
+            let r = reclaim_row(pool, me.1, row as u32 + 1)?;
+            report.slots += r.freed;
+            report.kept_for_roots += r.kept;
+            report.retired += r.retired;
             state_w.store(peer::EMPTY, Ordering::Release);
             Ok(true)
         })();

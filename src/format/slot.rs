@@ -52,6 +52,9 @@ const PAYLOAD_MASK: u32 = (1 << PAYLOAD_BITS) - 1;
 pub(crate) enum SlotState {
     /// Never used since its extent was added. The whole word is zero.
     Fresh,
+    /// Out of use for good: its generations are used up. The word is
+    /// exactly [`Meta::RETIRED`] (state bits 0, like *fresh*).
+    Retired,
     /// On its class's shared free list; the payload is the next slot.
     Free,
     /// In a process's private cache of free slots; the payload is the owner.
@@ -62,19 +65,35 @@ pub(crate) enum SlotState {
 
 /// A slot's 8-byte metadata word: `generation:32 | state:2 | payload:30`.
 ///
-/// The generation is bumped by every allocation (skipping 0) and by reclaim,
-/// so a handle names one life of a slot. Free compares-and-swaps the whole
-/// word, which is what makes double frees and stale handles detectable.
+/// The generation is bumped by every allocation and by reclaim, so a handle
+/// names one life of a slot. Free compares-and-swaps the whole word, which
+/// is what makes double frees and stale handles detectable.
+///
+/// Generations never wrap: a slot at [`LAST_GENERATION`] that would need a
+/// next life is retired instead ([`next_generation`](Meta::next_generation)
+/// is `None`). So the lives of a slot have distinct generations 1, 2, …,
+/// 2³² − 1, none of them 0 — the generation of a fresh, a retired and a
+/// never-allocated slot, and one no well-formed handle carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Meta(pub(crate) u64);
 
+/// The generation of a slot's last life.
+pub(crate) const LAST_GENERATION: u32 = u32::MAX;
+
 impl Meta {
     pub(crate) const FRESH: Meta = Meta(0);
+    /// A retired slot: generation 0, state bits 0, payload all ones. Not
+    /// a word any other state has (a fresh word is all zero), and of a
+    /// generation no handle names.
+    pub(crate) const RETIRED: Meta = Meta(PAYLOAD_MASK as u64);
 
+    /// The word of `state` (not *fresh* or *retired*: those are the
+    /// constants [`FRESH`](Meta::FRESH) and [`RETIRED`](Meta::RETIRED)).
     #[inline(always)]
     pub(crate) fn new(generation: u32, state: SlotState, payload: u32) -> Self {
+        debug_assert!(!matches!(state, SlotState::Fresh | SlotState::Retired));
         let s = match state {
-            SlotState::Fresh => 0u64,
+            SlotState::Fresh | SlotState::Retired => 0u64,
             SlotState::Free => 1,
             SlotState::Cached => 2,
             SlotState::Allocated => 3,
@@ -86,8 +105,12 @@ impl Meta {
         (self.0 >> 32) as u32
     }
 
+    /// The slot's state. A word with state bits 0 that is neither
+    /// [`FRESH`](Meta::FRESH) nor [`RETIRED`](Meta::RETIRED) reads as
+    /// *fresh* and is not [valid](Meta::is_valid).
     pub(crate) fn state(self) -> SlotState {
         match (self.0 >> PAYLOAD_BITS) & 3 {
+            0 if self == Meta::RETIRED => SlotState::Retired,
             0 => SlotState::Fresh,
             1 => SlotState::Free,
             2 => SlotState::Cached,
@@ -99,9 +122,10 @@ impl Meta {
         (self.0 as u32) & PAYLOAD_MASK
     }
 
-    /// A fresh slot's word is all zero; any other word in state `Fresh` is junk.
+    /// A fresh slot's word is all zero and a retired one's is
+    /// [`RETIRED`](Meta::RETIRED); any other word with state bits 0 is junk.
     pub(crate) fn is_valid(self) -> bool {
-        self.state() != SlotState::Fresh || self.0 == 0
+        self.state() != SlotState::Fresh || self == Meta::FRESH
     }
 
     /// Whether this is the word of a live allocation of `generation`: one
@@ -118,11 +142,15 @@ impl Meta {
         self.0 as u32 == Meta::new(0, SlotState::Cached, owner).0 as u32
     }
 
-    /// The generation of the slot's next life.
-    pub(crate) fn next_generation(self) -> u32 {
-        match self.generation().wrapping_add(1) {
-            0 => 1,
-            g => g,
+    /// The generation of the slot's next life, or `None` after its last
+    /// ([`LAST_GENERATION`]): then the slot must be retired, never given a
+    /// wrapped generation an old handle may still carry. Every place that
+    /// bumps a generation (activation, reclaim) goes through here.
+    #[inline(always)]
+    pub(crate) fn next_generation(self) -> Option<u32> {
+        match self.generation() {
+            LAST_GENERATION => None,
+            g => Some(g + 1),
         }
     }
 }
@@ -237,7 +265,41 @@ mod tests {
         }
         assert_eq!(Meta::FRESH.state(), SlotState::Fresh);
         assert!(!Meta(5).is_valid());
-        assert_eq!(Meta::new(u32::MAX, SlotState::Free, 0).next_generation(), 1);
+        assert_eq!(
+            Meta::new(0, SlotState::Cached, 3).next_generation(),
+            Some(1)
+        );
+        assert_eq!(
+            Meta::new(LAST_GENERATION - 1, SlotState::Cached, 3).next_generation(),
+            Some(LAST_GENERATION)
+        );
+    }
+
+    #[test]
+    fn the_last_generation_has_no_next_and_retired_is_one_exact_word() {
+        for s in [SlotState::Free, SlotState::Cached, SlotState::Allocated] {
+            assert_eq!(Meta::new(LAST_GENERATION, s, 1).next_generation(), None);
+        }
+        assert_eq!(Meta::RETIRED.0, 0x3FFF_FFFF);
+        assert_eq!(Meta::RETIRED.state(), SlotState::Retired);
+        assert!(Meta::RETIRED.is_valid());
+        assert_eq!(Meta::RETIRED.generation(), 0);
+        // No handle names a retired slot's life: generation 0 is malformed,
+        // and the state is not *allocated* for any generation.
+        for g in [0, 1, LAST_GENERATION] {
+            assert!(!Meta::RETIRED.is_live(g));
+        }
+        assert!(!Meta::RETIRED.is_cached_by(0x3FFF_FFFF));
+        // Other words with state bits 0 are junk, whatever their generation.
+        for junk in [
+            PAYLOAD_MASK as u64 - 1,
+            (1 << 32) | PAYLOAD_MASK as u64,
+            (LAST_GENERATION as u64) << 32,
+            !(3u64 << PAYLOAD_BITS),
+        ] {
+            assert_eq!(Meta(junk).state(), SlotState::Fresh, "{junk:#x}");
+            assert!(!Meta(junk).is_valid(), "{junk:#x}");
+        }
     }
 
     #[test]

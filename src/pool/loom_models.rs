@@ -6,7 +6,7 @@
 use super::Owner;
 use super::testing::{TestPool, heap_processes, kill};
 use crate::error::Error;
-use crate::format::{Meta, SlotRef, SlotState};
+use crate::format::{LAST_GENERATION, Meta, SlotRef, SlotState};
 use crate::sync::Ordering;
 use loom::sync::Arc;
 use loom::thread;
@@ -44,7 +44,12 @@ fn alloc(p: &TestPool, o: Owner) -> Result<SlotRef, Error> {
     Ok(p.activate(0, id, o)?.0)
 }
 
+/// Frees the way `Slab` does (the last life of a slot retires it), then
+/// flushes to the shared list.
 fn free(p: &TestPool, h: SlotRef, o: Owner) -> Result<(), Error> {
+    if h.generation() == LAST_GENERATION {
+        return p.retire(&h);
+    }
     let (c, id) = p.release(&h, o)?;
     p.give(c, o, &[id])
 }
@@ -201,6 +206,47 @@ fn loom_models_reclaim_racing_a_late_free() {
                 .load(Ordering::Acquire),
         );
         assert_eq!(m.state(), SlotState::Free);
+    });
+}
+
+#[test]
+fn loom_models_reclaim_racing_a_late_free_at_the_last_generation() {
+    model(|| {
+        let [(pa, a), (pb, b), (pr, r)] = processes();
+        let first = alloc(&pa, a).unwrap();
+        // The slot in its last life, as 2^32 - 2 reuses would leave it.
+        let w = pa.meta(pa.locate(0, first.slot_id()).unwrap());
+        let m = Meta(w.load(Ordering::Acquire));
+        w.store(
+            Meta::new(LAST_GENERATION, SlotState::Allocated, m.payload()).0,
+            Ordering::Release,
+        );
+        let h = SlotRef {
+            generation: LAST_GENERATION,
+            ..first
+        };
+        kill(&pa, 0); // A dies holding h; B frees it late.
+        let late = thread::spawn(move || free(&pb, h, b));
+        let report = crate::peers::reclaim_dead(&pr, (2, r)).unwrap();
+        let late = late.join().unwrap();
+        // Exactly one acts, and either way retires the slot: reclaim (it has
+        // no generation to free it with) or the late free (of its last life).
+        match late {
+            Ok(()) => assert_eq!((report.slots, report.retired), (0, 0)),
+            Err(Error::StaleHandle { .. }) => assert_eq!((report.slots, report.retired), (0, 1)),
+            other => panic!("late free: {other:?}"),
+        }
+        // The slot never lives again: the next allocation lands elsewhere.
+        let next = alloc(&pr, r).unwrap();
+        assert_ne!(next.slot_id(), h.slot_id());
+        assert_eq!(Meta(w.load(Ordering::Acquire)), Meta::RETIRED);
+        for old in [first, h] {
+            assert!(matches!(
+                pr.read_at(&old, 0, &mut [0; 4]),
+                Err(Error::StaleHandle { .. })
+            ));
+        }
+        assert_consistent(&pr);
     });
 }
 

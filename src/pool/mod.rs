@@ -12,7 +12,8 @@
 //!   *allocated* with the next generation ([`Pool::activate`]); free is one
 //!   compare-and-swap from *allocated, generation g* to *cached, owner me*
 //!   ([`Pool::release`]), so of two racing frees exactly one wins, and a
-//!   handle of another generation is stale.
+//!   handle of another generation is stale. Generations never wrap: the
+//!   free of a slot's last life retires it instead ([`Pool::retire`]).
 //! - **Cold path, under the class's shared lock.** Refilling a cache pops the
 //!   class's free list or claims never-used (*fresh*) slots past the class's
 //!   fresh cursor ([`Pool::take`]); flushing pushes slots back
@@ -43,8 +44,8 @@ pub(crate) use lock::{Liveness, Owner, PEER_LOCK_BASE, liveness_lock_error};
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
 use crate::format::{
-    self, ExtentInfo, Geometry, MAX_EXTENTS, MAX_SLOT_ALIGN, Meta, SlotId, SlotRef, SlotState, cls,
-    hdr,
+    self, ExtentInfo, Geometry, LAST_GENERATION, MAX_EXTENTS, MAX_SLOT_ALIGN, Meta, SlotId,
+    SlotRef, SlotState, cls, hdr,
 };
 use crate::region::Memory;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering, fence};
@@ -369,6 +370,14 @@ impl<M: Memory> Pool<M> {
 
     /// Turns a slot from this owner's cache into an allocation: the next
     /// generation, state *allocated*. Returns its handle and address.
+    ///
+    /// A cached slot always has a generation left: a slot in its last
+    /// generation is retired instead of entering a cache ([`retire`],
+    /// [`take`], reclaim). So a cached word in the last generation was
+    /// forged; it is retired too, never wrapped, and reported.
+    ///
+    /// [`retire`]: Pool::retire
+    /// [`take`]: Pool::take
     #[inline(always)]
     pub(crate) fn activate(
         &self,
@@ -382,7 +391,9 @@ impl<M: Memory> Pool<M> {
         if !m.is_cached_by(owner.id) {
             return Err(cache_stolen(c, id));
         }
-        let g = m.next_generation();
+        let Some(g) = m.next_generation() else {
+            return Err(retire_forged_cached(w, c, id));
+        };
         // Only this process touches a slot in its cache, so a store suffices.
         w.store(
             Meta::new(g, SlotState::Allocated, owner.id).0,
@@ -397,14 +408,35 @@ impl<M: Memory> Pool<M> {
 
     /// Frees the slot `h` names into `owner`'s cache: one CAS from
     /// *allocated, generation g* to *cached by owner*. Returns the class and id.
+    ///
+    /// Not for a handle of the slot's last life ([`LAST_GENERATION`]): that
+    /// slot must not enter a cache, and [`retire`](Pool::retire) frees it.
+    /// The caller checks the handle's generation first (4 instructions per
+    /// W1 pair in all; deciding in here, with an `Option` result, measured
+    /// 13). A last life released here anyway is still never wrapped:
+    /// activation retires a cached slot in its last generation.
+    ///
+    /// [`LAST_GENERATION`]: crate::format::LAST_GENERATION
     #[inline(always)]
     pub(crate) fn release(&self, h: &SlotRef, owner: Owner) -> Result<(usize, SlotId)> {
+        debug_assert!(h.generation != LAST_GENERATION, "use retire");
         let (c, id, addr) = self.check_ref(h)?;
         self.swap_live(addr, h, true, |m| {
             Meta::new(m.generation(), SlotState::Cached, owner.id)
         })?;
         crash_point("free.cas_done");
         Ok((c, id))
+    }
+
+    /// Frees the slot a handle of its last life names by retiring it, for
+    /// good, so its generation never wraps to one an old handle has: the
+    /// free's CAS, to *retired* (two racing frees still have one winner).
+    #[cold]
+    pub(crate) fn retire(&self, h: &SlotRef) -> Result<()> {
+        let (_, _, addr) = self.check_ref(h)?;
+        self.swap_live(addr, h, true, |_| Meta::RETIRED)?;
+        crash_point("free.cas_done");
+        Ok(())
     }
 
     /// Changes the owner of the live slot `h` names (persist, adopt).
@@ -572,6 +604,35 @@ fn keeps_changing(h: &SlotRef) -> Error {
     ))
 }
 
+/// A word cached by this process in the last generation, which no honest
+/// peer writes (see [`Pool::activate`]): retired rather than wrapped, and
+/// reported.
+#[cold]
+fn retire_forged_cached(w: &AtomicU64, c: usize, id: SlotId) -> Error {
+    w.store(Meta::RETIRED.0, Ordering::Release);
+    Error::corrupt(format!(
+        "class {c} slot {id:?} was cached in its last generation, which only a peer writing its word does (retired)"
+    ))
+}
+
+/// Retires the slot whose word is `w` if `still(word)` holds, by
+/// compare-and-swap: for a word others may race for (reclaim against a late
+/// free: of the two CASes exactly one wins). Returns whether it retired it.
+pub(crate) fn retire_if(w: &AtomicU64, still: impl Fn(Meta) -> bool) -> bool {
+    let mut cur = w.load(Ordering::Acquire);
+    // Bounded, as a hostile peer could keep the word changing.
+    for _ in 0..1024 {
+        if !still(Meta(cur)) {
+            return false;
+        }
+        match w.compare_exchange(cur, Meta::RETIRED.0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return true,
+            Err(now) => cur = now,
+        }
+    }
+    false
+}
+
 #[cold]
 fn cache_stolen(c: usize, id: SlotId) -> Error {
     Error::corrupt(format!(
@@ -608,6 +669,11 @@ fn not_live(m: Meta, h: &SlotRef, freeing: bool) -> Result<()> {
         SlotState::Fresh => Err(Error::InvalidHandle {
             why: "slot was never allocated",
         }),
+        // Generation 0: no well-formed handle gets this far.
+        SlotState::Retired => Err(Error::StaleHandle {
+            handle: h.generation,
+            slot: m.generation(),
+        }),
     }
 }
 
@@ -616,6 +682,9 @@ pub(crate) mod testing;
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, not(loom)))]
+mod generation_tests;
 
 #[cfg(all(test, loom))]
 mod loom_models;

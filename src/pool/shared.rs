@@ -80,15 +80,23 @@ impl<M: Memory> Pool<M> {
                     "class {c}: the free list named slot {id:?}, which is not a free slot (list rebuilt)"
                 )));
             };
-            w.store(
-                Meta::new(m.generation(), SlotState::Cached, owner.id).0,
-                Ordering::Relaxed,
-            );
+            // A free slot in its last generation (reclaim gave it that) can
+            // never be allocated again: it is retired instead of cached, so
+            // a cached slot always has a next generation.
+            let last = m.next_generation().is_none();
+            let popped = if last {
+                Meta::RETIRED
+            } else {
+                Meta::new(m.generation(), SlotState::Cached, owner.id)
+            };
+            w.store(popped.0, Ordering::Relaxed);
             crash_point("refill.popped_meta");
             list.head.store(m.payload() as u64, Ordering::Release);
             let n = list.count.load(Ordering::Relaxed);
             list.count.store(n.saturating_sub(1), Ordering::Relaxed);
-            out.push(id);
+            if !last {
+                out.push(id);
+            }
         }
         if out.len() < target {
             return self.claim_fresh(c, owner, target - out.len(), out);

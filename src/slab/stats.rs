@@ -16,7 +16,8 @@ pub struct ClassStats {
     pub slots: u64,
     /// Slots anyone can allocate: on the shared free list or never used.
     pub free: u64,
-    /// `slots - free`: allocated, or waiting in some process's cache.
+    /// `slots - free`: allocated, waiting in some process's cache, or
+    /// retired (out of use for good; [`Slab::check`] counts those).
     pub in_use: u64,
 }
 

@@ -57,6 +57,7 @@ pub fn inspect_json(snap: &Snapshot) -> Value {
                 "free_listed": c.free,
                 "fresh": c.fresh,
                 "owned_by_dead": c.owned_by_dead,
+                "retired": c.retired,
                 "bytes": c.slots.saturating_mul(c.slot_size),
             })
         })
@@ -116,6 +117,7 @@ pub fn inspect_json(snap: &Snapshot) -> Value {
             "cached": snap.classes.iter().map(|c| c.cached).sum::<u64>(),
             "free": snap.classes.iter().map(available).sum::<u64>(),
             "owned_by_dead": snap.classes.iter().map(|c| c.owned_by_dead).sum::<u64>(),
+            "retired": snap.classes.iter().map(|c| c.retired).sum::<u64>(),
         },
         "roots": roots,
         "peers": peers,
@@ -166,6 +168,7 @@ pub fn reclaim_json(path: &Path, r: &ReclaimReport, dead: &[PeerInfo]) -> Value 
         "slots": r.slots,
         "kept_for_roots": r.kept_for_roots,
         "growth_repaired": r.growth_repaired,
+        "retired": r.retired,
         "dead_before": dead
             .iter()
             .map(|p| json!({ "row": p.row, "pid": p.pid }))

@@ -184,6 +184,14 @@ pub fn inspect(snap: &Snapshot) -> String {
         out,
         "  free = on the free list + never used; dead = held by dead processes (reclaimable)"
     );
+    let retired = sum(&|c| c.retired);
+    if retired > 0 {
+        let _ = writeln!(
+            out,
+            "  retired: {} out of use for good (their 2^32 - 1 generations were used)",
+            plural(retired, "slot", "slots")
+        );
+    }
 
     // Roots.
     let _ = writeln!(out, "\nroots ({})", snap.roots.len());
@@ -385,6 +393,13 @@ pub fn reclaim(path: &Path, r: &ReclaimReport, dead: &[PeerInfo]) -> String {
         plural(r.slots, "slot", "slots"),
         r.kept_for_roots
     );
+    if r.retired > 0 {
+        let _ = writeln!(
+            out,
+            "  retired {} whose generations were used up",
+            plural(r.retired, "slot", "slots")
+        );
+    }
     for p in dead {
         let _ = writeln!(out, "  peer row {} (pid {}) was dead", p.row, p.pid);
     }
