@@ -274,7 +274,7 @@ fn inspect_fresh_segment() {
     let text = &run.stdout;
     for want in [
         format!("segment {}", path.display()),
-        "format version  1".to_string(),
+        format!("format version  {}", shmslab::FORMAT_VERSION),
         "size classes (15)".to_string(),
         "roots (0)".to_string(),
         "peers (0)".to_string(),

@@ -33,7 +33,7 @@ use crate::sync::{AtomicU64, Ordering};
 /// `b"SHMSLAB\0"` read as a native-endian word.
 pub(crate) const MAGIC: u64 = u64::from_ne_bytes(*b"SHMSLAB\0");
 /// The format version this build reads and writes.
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
 /// Written natively: reads back byte-swapped on a machine of the other endianness.
 const ARCH_TAG: u64 = 0x0102_0304_0506_0708;
 
