@@ -147,9 +147,15 @@ fn everything(slab: &Slab) -> Result<usize, String> {
         .alloc_bytes(100)
         .map_err(|e| format!("alloc_bytes: {e}"))?;
     op("capacity", slab.capacity(&b).map(|n| n >= 100))?;
-    op("write_bytes", slab.write_bytes(&b, 0, b"late").map(|()| true))?;
+    op(
+        "write_bytes",
+        slab.write_bytes(&b, 0, b"late").map(|()| true),
+    )?;
     let mut buf = [0u8; 4];
-    op("read_bytes", slab.read_bytes(&b, 0, &mut buf).map(|()| true))?;
+    op(
+        "read_bytes",
+        slab.read_bytes(&b, 0, &mut buf).map(|()| true),
+    )?;
     op("read_bytes result", Ok(&buf == b"late"))?;
     op(
         "with_bytes",
@@ -157,9 +163,13 @@ fn everything(slab: &Slab) -> Result<usize, String> {
     )?;
     op(
         "update_bytes",
-        slab.update_bytes(&b, |bytes| bytes[0] = b'L').map(|()| true),
+        slab.update_bytes(&b, |bytes| bytes[0] = b'L')
+            .map(|()| true),
     )?;
-    op("with_bytes after update", slab.with_bytes(&b, |x| x[0] == b'L'))?;
+    op(
+        "with_bytes after update",
+        slab.with_bytes(&b, |x| x[0] == b'L'),
+    )?;
     let r = slab
         .root_or_insert("late", 11u64)
         .map_err(|e| format!("root_or_insert: {e}"))?;
@@ -206,7 +216,10 @@ fn child(path: &str, case: &Case) {
         None => panic!("the destructor did not run"),
     };
     let left = std::mem::take(&mut *LEFT.lock().unwrap());
-    println!("destructor: {ops} operations succeeded, {} left", left.len());
+    println!(
+        "destructor: {ops} operations succeeded, {} left",
+        left.len()
+    );
     for h in &left {
         assert_eq!(slab.read(*h).expect("the left slot is live"), STAMP);
     }

@@ -20,8 +20,9 @@ use crate::format::{self, Geometry, peer};
 use crate::region::Memory;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, spin_hint};
 use crate::sys;
+use std::time::Duration;
 #[cfg(not(loom))]
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Where a peer's liveness lock lives in the file's lock space (far past any
 /// real byte; OFD locks may cover bytes that do not exist).
@@ -29,8 +30,8 @@ pub(crate) const PEER_LOCK_BASE: u64 = 1 << 60;
 
 /// A waiter gives up (as `Corrupt`) on a lock that a live process has held
 /// this long: no honest holder keeps a lock for more than milliseconds.
-#[cfg(not(loom))]
-const HOLD_LIMIT: Duration = Duration::from_secs(20);
+/// (A pool's `hold_limit`; tests shorten it.)
+pub(crate) const HOLD_LIMIT: Duration = Duration::from_secs(20);
 
 /// Who does an operation: the owner id stamped into slot metadata and the
 /// token written into lock words.
@@ -181,10 +182,11 @@ pub(crate) fn acquire<'a, M: Memory>(
     local: &'a Mutex<()>,
     word: &'a AtomicU64,
     owner: Owner,
+    hold_limit: Duration,
 ) -> Result<SharedGuard<'a>> {
     let local = local.lock();
     let mut spins: u32 = 0;
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(hold_limit);
     loop {
         let cur = word.load(Ordering::Relaxed);
         // A free word is taken; a held one only from a holder known dead,
@@ -221,10 +223,12 @@ pub(crate) fn acquire<'a, M: Memory>(
 }
 
 /// How a waiter waits: spins, then yields; gives up (as `Corrupt`) on a holder
-/// that has held the lock past [`HOLD_LIMIT`]. Under loom it only yields.
-#[derive(Default)]
+/// that has held the lock past its hold limit ([`HOLD_LIMIT`] unless a test
+/// says otherwise). Under loom it only yields.
 struct Backoff {
     rounds: u32,
+    #[cfg_attr(loom, allow(dead_code))]
+    hold_limit: Duration,
     #[cfg(not(loom))]
     started: Option<Instant>,
     #[cfg(not(loom))]
@@ -232,6 +236,17 @@ struct Backoff {
 }
 
 impl Backoff {
+    fn new(hold_limit: Duration) -> Self {
+        Backoff {
+            rounds: 0,
+            hold_limit,
+            #[cfg(not(loom))]
+            started: None,
+            #[cfg(not(loom))]
+            asked: None,
+        }
+    }
+
     /// Whether to ask the kernel if the holder lives (a syscall): after a
     /// millisecond of waiting, then every two. By time, not by rounds: on a
     /// busy machine a yield can take a millisecond, and a dead holder's lock
@@ -264,10 +279,10 @@ impl Backoff {
         if self.rounds >= 64 {
             let t = *self.started.get_or_insert_with(Instant::now);
             let waited = t.elapsed();
-            if waited > HOLD_LIMIT {
+            if waited > self.hold_limit {
                 return Err(Error::corrupt(format!(
-                    "a shared lock has been held by live peer token {holder:#x} for over {}s",
-                    HOLD_LIMIT.as_secs()
+                    "a shared lock has been held by live peer token {holder:#x} for over {:?}",
+                    self.hold_limit
                 )));
             }
             // Yield while the wait is short (a holder is mid-refill); past a

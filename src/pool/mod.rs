@@ -160,6 +160,9 @@ pub(crate) struct Pool<M: Memory> {
     grow_local: Mutex<()>,
     pub(crate) roots_local: Mutex<()>,
     pub(crate) reclaim_local: Mutex<()>,
+    /// How long a waiter lets a live holder keep a shared lock
+    /// ([`lock::HOLD_LIMIT`]; unit tests shorten it).
+    pub(crate) hold_limit: std::time::Duration,
 }
 
 impl<M: Memory> std::fmt::Debug for Pool<M> {
@@ -202,6 +205,7 @@ impl<M: Memory> Pool<M> {
             grow_local: Mutex::new(()),
             roots_local: Mutex::new(()),
             reclaim_local: Mutex::new(()),
+            hold_limit: lock::HOLD_LIMIT,
         };
         // Start from the extents (and their sorted, disjoint ranges) that
         // `Geometry::load` checked, then load anything published since.
@@ -234,7 +238,15 @@ impl<M: Memory> Pool<M> {
         word: &'a AtomicU64,
         owner: Owner,
     ) -> Result<lock::SharedGuard<'a>> {
-        lock::acquire(&self.mem, &self.geo, &self.liveness, local, word, owner)
+        lock::acquire(
+            &self.mem,
+            &self.geo,
+            &self.liveness,
+            local,
+            word,
+            owner,
+            self.hold_limit,
+        )
     }
 
     /// The shared word at a table offset (header, class table, roots, peers),
@@ -609,6 +621,9 @@ pub(crate) mod testing;
 
 #[cfg(all(test, not(loom)))]
 mod tests;
+
+#[cfg(all(test, not(loom)))]
+mod lock_tests;
 
 #[cfg(all(test, loom))]
 mod loom_models;
