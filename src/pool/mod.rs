@@ -230,20 +230,26 @@ impl<M: Memory> Pool<M> {
         self.geo.segment_id
     }
 
-    /// Takes the shared lock in `word` for `owner`, after the process-local
+    /// Takes the shared lock whose word is at table offset `word` (and its
+    /// progress word at `progress`) for `owner`, after the process-local
     /// mutex `local` that guards it.
     pub(crate) fn lock_shared<'a>(
         &'a self,
         local: &'a Mutex<()>,
-        word: &'a AtomicU64,
+        word: u64,
+        progress: u64,
         owner: Owner,
     ) -> Result<lock::SharedGuard<'a>> {
+        let words = lock::LockWords {
+            word: self.table_word(word)?,
+            progress: self.table_word(progress)?,
+        };
         lock::acquire(
             &self.mem,
             &self.geo,
             &self.liveness,
             local,
-            word,
+            words,
             owner,
             self.hold_limit,
         )
@@ -548,6 +554,26 @@ impl<M: Memory> Pool<M> {
             }
         }
         Ok(())
+    }
+
+    /// As [`for_each_slot`](Pool::for_each_slot), for the holder of class
+    /// `c`'s lock: shows progress on the lock every
+    /// [`BEAT_SLOTS`](lock::BEAT_SLOTS) slots, so a scan of any size keeps
+    /// its waiters (see `lock`'s hold limit).
+    pub(crate) fn for_each_slot_locked(
+        &self,
+        c: usize,
+        mut f: impl FnMut(SlotId, &AtomicU64),
+    ) -> Result<()> {
+        let progress = self.table_word(self.geo.class_entry(c) + cls::LOCK_PROGRESS)?;
+        let mut n = 0u32;
+        self.for_each_slot(c, |id, w| {
+            n = n.wrapping_add(1);
+            if n % lock::BEAT_SLOTS == 0 {
+                lock::show_progress(progress);
+            }
+            f(id, w)
+        })
     }
 }
 
