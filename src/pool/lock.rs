@@ -210,7 +210,6 @@ impl SharedGuard<'_> {
 
     /// Tells waiters the holder is still working (long work under the lock
     /// calls this now and then, e.g. every [`BEAT_SLOTS`] slots).
-    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn show_progress(&self) {
         show_progress(self.progress);
     }
@@ -265,17 +264,18 @@ pub(crate) fn acquire<'a, M: Memory>(
             .compare_exchange(cur, owner.token, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            // A new holding, visible even to a waiter that never saw the
-            // word free (this peer may have held it just before).
-            show_progress(progress);
-            return Ok(SharedGuard {
+            let guard = SharedGuard {
                 word,
                 progress,
                 token: owner.token,
                 recovered,
                 poisoned: false,
                 _local: local,
-            });
+            };
+            // A new holding, visible even to a waiter that never saw the
+            // word free (this peer may have held it just before).
+            guard.show_progress();
+            return Ok(guard);
         }
         // Lost the race for a free (or dead) word: whoever holds it now is
         // a new holder.
