@@ -18,7 +18,7 @@ use crate::format::{self, Geometry, Meta, SlotId, SlotRef, SlotState, cls, journ
 use crate::pool::{Owner, Pool};
 use crate::region::Memory;
 use crate::slab::Slab;
-use crate::sync::Ordering;
+use crate::sync::{AtomicU64, Ordering};
 use std::collections::HashSet;
 
 /// One thing found wrong.
@@ -160,7 +160,7 @@ pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) 
             Some((_, owner)) => Some(pool.lock_class(c, owner)?),
             None => None,
         };
-        let counts = check_class(pool, c, &live_rows, &mut report);
+        let counts = check_class(pool, c, guard.is_some(), &live_rows, &mut report);
         drop(guard);
         report.classes.push(counts);
     }
@@ -209,6 +209,7 @@ struct OwnerRows {
 fn check_class<M: Memory>(
     pool: &Pool<M>,
     c: usize,
+    locked: bool,
     rows: &OwnerRows,
     report: &mut Report,
 ) -> ClassCheck {
@@ -280,7 +281,7 @@ fn check_class<M: Memory>(
     }
     let mut problems = 0usize;
     let mut owners = std::collections::BTreeMap::new();
-    let scanned = pool.for_each_slot(c, |id, w| {
+    let visit = |id: SlotId, w: &AtomicU64| {
         let m = Meta(w.load(Ordering::Acquire));
         let past_cursor = (id.extent(), id.index()) >= (fe, fi);
         let mut bad = |what: String| {
@@ -332,7 +333,14 @@ fn check_class<M: Memory>(
                 }
             }
         }
-    });
+    };
+    // Under the class lock (with an identity) the scan shows progress, so
+    // the lock's waiters do not give up on a large class.
+    let scanned = if locked {
+        pool.for_each_slot_locked(c, visit)
+    } else {
+        pool.for_each_slot(c, visit)
+    };
     if let Err(e) = scanned {
         report.add(&here, format!("extent table: {e}"));
     }

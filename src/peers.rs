@@ -203,7 +203,7 @@ fn release_owned<M: Memory>(
         matches!(m.state(), SlotState::Cached | SlotState::Allocated) && m.payload() == dead_id
     };
     let mut out = Released::default();
-    pool.for_each_slot(c, |id, w| {
+    pool.for_each_slot_locked(c, |id, w| {
         let m = Meta(w.load(Ordering::Acquire));
         if !owned_by_dead(m) {
             return;

@@ -82,6 +82,10 @@ pub(crate) mod hdr {
     pub const GROW_LOCK: u64 = 144;
     /// The root-table lock word.
     pub const ROOTS_LOCK: u64 = 152;
+    /// The growth lock's progress word (see `pool::lock`).
+    pub const GROW_PROGRESS: u64 = 160;
+    /// The root-table lock's progress word.
+    pub const ROOTS_PROGRESS: u64 = 168;
     /// Growth journal: state, class, extent, offset, bytes, slots.
     pub const JOURNAL: u64 = 192;
     pub const END: u64 = 512;
@@ -98,6 +102,8 @@ pub(crate) mod cls {
     /// [`cursor`] and [`cursor_parts`]).
     pub const FRESH: u64 = 40;
     pub const LOCK: u64 = 48;
+    /// The class lock's progress word (see `pool::lock`).
+    pub const LOCK_PROGRESS: u64 = 56;
     /// `[offset, slots]` per extent.
     pub const EXTENTS: u64 = 64;
     pub const ENTRY_BYTES: u64 = EXTENTS + 16 * super::MAX_EXTENTS as u64;

@@ -82,7 +82,7 @@ impl<M: Memory> Pool<M> {
 
     /// Takes the growth lock (local mutex, then the shared word).
     fn lock_growth(&self, owner: Owner) -> Result<SharedGuard<'_>> {
-        self.lock_shared(&self.grow_local, self.table_word(hdr::GROW_LOCK)?, owner)
+        self.lock_shared(&self.grow_local, hdr::GROW_LOCK, hdr::GROW_PROGRESS, owner)
     }
 
     /// The end of the last published extent of any class (all classes are

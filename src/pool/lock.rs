@@ -12,23 +12,69 @@
 //! answers, through the OFD lock each peer holds on its own row — and, if it
 //! is dead, takes the word over with a CAS and is told so (`recovered`), so it
 //! can repair whatever the dead holder left half done.
+//!
+//! # The hold limit: no progress, not a long wait
+//!
+//! A *live* holder that never lets go (a wedged process, a forged token)
+//! must not hang its waiters forever, so a waiter gives up with `Corrupt`
+//! after [`HOLD_LIMIT`] — counted from the last sign of progress it saw, not
+//! from the start of its wait. Beside each lock word is a *progress word*
+//! that only the holder writes: it is bumped when a holder takes the lock
+//! (so a peer that takes it again right after releasing it, with the same
+//! token, is visibly a new holding) and every [`BEAT_SLOTS`] slots of a
+//! scan done under the lock ([`show_progress`]), so rebuilds and reclaim
+//! scans of any size keep their waiters. The waiter restarts the limit
+//! whenever the pair (lock word, progress word) differs from what it saw
+//! last, and when it sees the word free. A holder of an older build, which
+//! never writes the progress word, is still seen changing when another
+//! token or a free word shows. What is not covered: one step that shows no
+//! progress for the whole limit (a single `fallocate` of an extent, or a
+//! holder descheduled that long).
 
 use crate::error::{Error, Result};
 use crate::format::{self, Geometry, peer};
 use crate::region::Memory;
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering, spin_hint};
 use crate::sys;
+use std::time::Duration;
 #[cfg(not(loom))]
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Where a peer's liveness lock lives in the file's lock space (far past any
 /// real byte; OFD locks may cover bytes that do not exist).
 pub(crate) const PEER_LOCK_BASE: u64 = 1 << 60;
 
-/// A waiter gives up (as `Corrupt`) on a lock that a live process has held
-/// this long: no honest holder keeps a lock for more than milliseconds.
-#[cfg(not(loom))]
-const HOLD_LIMIT: Duration = Duration::from_secs(20);
+/// A waiter gives up (as `Corrupt`) on a lock whose live holder has shown no
+/// progress for this long: no honest holder goes more than milliseconds
+/// without. (A pool's `hold_limit`; tests shorten it.)
+pub(crate) const HOLD_LIMIT: Duration = Duration::from_secs(20);
+
+/// A scan under a lock shows progress once per this many slots (tens of
+/// microseconds of work: the store is lost in it).
+pub(crate) const BEAT_SLOTS: u32 = 1 << 14;
+
+/// Bumps a lock's progress word: done only by the lock's holder, so a load
+/// and a store suffice. Waiters only compare it (never trust its value), and
+/// loom models have no timer, so under loom it is skipped.
+#[inline]
+pub(crate) fn show_progress(progress: &AtomicU64) {
+    #[cfg(not(loom))]
+    progress.store(
+        progress.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+    #[cfg(loom)]
+    let _ = progress;
+}
+
+/// A shared lock's two words in the file.
+#[derive(Clone, Copy)]
+pub(crate) struct LockWords<'a> {
+    /// 0, or the holder's token.
+    pub word: &'a AtomicU64,
+    /// Bumped by the holder to show progress (see the module doc).
+    pub progress: &'a AtomicU64,
+}
 
 /// Who does an operation: the owner id stamped into slot metadata and the
 /// token written into lock words.
@@ -145,6 +191,7 @@ impl Liveness {
 /// A held shared lock. Dropping it releases the word, then the local mutex.
 pub(crate) struct SharedGuard<'a> {
     word: &'a AtomicU64,
+    progress: &'a AtomicU64,
     token: u64,
     /// The previous holder died holding the lock: repair before use.
     pub recovered: bool,
@@ -163,6 +210,12 @@ impl SharedGuard<'_> {
     pub(crate) fn poison(&mut self) {
         self.poisoned = true;
     }
+
+    /// Tells waiters the holder is still working (long work under the lock
+    /// calls this now and then, e.g. every [`BEAT_SLOTS`] slots).
+    pub(crate) fn show_progress(&self) {
+        show_progress(self.progress);
+    }
 }
 
 impl Drop for SharedGuard<'_> {
@@ -176,18 +229,20 @@ impl Drop for SharedGuard<'_> {
     }
 }
 
-/// Takes the shared lock in `word` for `owner`, first taking `local`.
+/// Takes the shared lock `lock` for `owner`, first taking `local`.
 pub(crate) fn acquire<'a, M: Memory>(
     mem: &'a M,
     geo: &Geometry,
     liveness: &Liveness,
     local: &'a Mutex<()>,
-    word: &'a AtomicU64,
+    lock: LockWords<'a>,
     owner: Owner,
+    hold_limit: Duration,
 ) -> Result<SharedGuard<'a>> {
+    let LockWords { word, progress } = lock;
     let local = local.lock();
     let mut spins: u32 = 0;
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::new(hold_limit);
     loop {
         let cur = word.load(Ordering::Relaxed);
         // A free word is taken; a held one only from a holder known dead,
@@ -204,7 +259,7 @@ pub(crate) fn acquire<'a, M: Memory>(
                 backoff.time_to_ask() && liveness.token_dead(mem, geo, cur, true)?
             };
             if !dead {
-                backoff.wait(cur)?;
+                backoff.wait(cur, progress)?;
                 continue;
             }
         }
@@ -212,29 +267,63 @@ pub(crate) fn acquire<'a, M: Memory>(
             .compare_exchange(cur, owner.token, Ordering::Acquire, Ordering::Relaxed)
             .is_ok()
         {
-            return Ok(SharedGuard {
+            let guard = SharedGuard {
                 word,
+                progress,
                 token: owner.token,
                 recovered,
                 poisoned: false,
                 _local: local,
-            });
+            };
+            // A new holding, visible even to a waiter that never saw the
+            // word free (this peer may have held it just before).
+            guard.show_progress();
+            return Ok(guard);
         }
+        // Lost the race for a free (or dead) word: whoever holds it now is
+        // a new holder.
+        backoff.holder_changed();
     }
 }
 
-/// How a waiter waits: spins, then yields; gives up (as `Corrupt`) on a holder
-/// that has held the lock past [`HOLD_LIMIT`]. Under loom it only yields.
-#[derive(Default)]
+/// How a waiter waits: spins, then yields, then sleeps; gives up (as
+/// `Corrupt`) on a live holder that has shown no progress for its hold limit
+/// ([`HOLD_LIMIT`] unless a test says otherwise). Under loom it only yields.
 struct Backoff {
     rounds: u32,
+    #[cfg_attr(loom, allow(dead_code))]
+    hold_limit: Duration,
     #[cfg(not(loom))]
     started: Option<Instant>,
     #[cfg(not(loom))]
     asked: Option<Instant>,
+    /// The (lock word, progress word) last seen, and when it was first seen.
+    #[cfg(not(loom))]
+    seen: Option<((u64, u64), Instant)>,
 }
 
 impl Backoff {
+    fn new(hold_limit: Duration) -> Self {
+        Backoff {
+            rounds: 0,
+            hold_limit,
+            #[cfg(not(loom))]
+            started: None,
+            #[cfg(not(loom))]
+            asked: None,
+            #[cfg(not(loom))]
+            seen: None,
+        }
+    }
+
+    /// The word was seen free or taken by someone else: restart the limit.
+    fn holder_changed(&mut self) {
+        #[cfg(not(loom))]
+        {
+            self.seen = None;
+        }
+    }
+
     /// Whether to ask the kernel if the holder lives (a syscall): after a
     /// millisecond of waiting, then every two. By time, not by rounds: on a
     /// busy machine a yield can take a millisecond, and a dead holder's lock
@@ -261,16 +350,26 @@ impl Backoff {
         }
     }
 
-    fn wait(&mut self, holder: u64) -> Result<()> {
+    /// One round of waiting on `holder`, whose progress word is `progress`.
+    fn wait(&mut self, holder: u64, progress: &AtomicU64) -> Result<()> {
         self.rounds = self.rounds.saturating_add(1);
         #[cfg(not(loom))]
         if self.rounds >= 64 {
-            let t = *self.started.get_or_insert_with(Instant::now);
-            let waited = t.elapsed();
-            if waited > HOLD_LIMIT {
+            let now = Instant::now();
+            let waited = now.duration_since(*self.started.get_or_insert(now));
+            let seen = (holder, progress.load(Ordering::Relaxed));
+            let since = match self.seen {
+                Some((last, since)) if last == seen => since,
+                _ => {
+                    self.seen = Some((seen, now));
+                    now
+                }
+            };
+            if now.duration_since(since) > self.hold_limit {
                 return Err(Error::corrupt(format!(
-                    "a shared lock has been held by live peer token {holder:#x} for over {}s",
-                    HOLD_LIMIT.as_secs()
+                    "a shared lock has been held by live peer token {holder:#x} \
+                     with no sign of progress for over {:?}",
+                    self.hold_limit
                 )));
             }
             // Yield while the wait is short (a holder is mid-refill); past a
@@ -283,7 +382,7 @@ impl Backoff {
             }
             return Ok(());
         }
-        let _ = holder;
+        let _ = (holder, progress);
         spin_hint();
         Ok(())
     }

@@ -161,6 +161,9 @@ pub(crate) struct Pool<M: Memory> {
     grow_local: Mutex<()>,
     pub(crate) roots_local: Mutex<()>,
     pub(crate) reclaim_local: Mutex<()>,
+    /// How long a waiter lets a live holder keep a shared lock
+    /// ([`lock::HOLD_LIMIT`]; unit tests shorten it).
+    pub(crate) hold_limit: std::time::Duration,
 }
 
 impl<M: Memory> std::fmt::Debug for Pool<M> {
@@ -203,6 +206,7 @@ impl<M: Memory> Pool<M> {
             grow_local: Mutex::new(()),
             roots_local: Mutex::new(()),
             reclaim_local: Mutex::new(()),
+            hold_limit: lock::HOLD_LIMIT,
         };
         // Start from the extents (and their sorted, disjoint ranges) that
         // `Geometry::load` checked, then load anything published since.
@@ -227,15 +231,29 @@ impl<M: Memory> Pool<M> {
         self.geo.segment_id
     }
 
-    /// Takes the shared lock in `word` for `owner`, after the process-local
+    /// Takes the shared lock whose word is at table offset `word` (and its
+    /// progress word at `progress`) for `owner`, after the process-local
     /// mutex `local` that guards it.
     pub(crate) fn lock_shared<'a>(
         &'a self,
         local: &'a Mutex<()>,
-        word: &'a AtomicU64,
+        word: u64,
+        progress: u64,
         owner: Owner,
     ) -> Result<lock::SharedGuard<'a>> {
-        lock::acquire(&self.mem, &self.geo, &self.liveness, local, word, owner)
+        let words = lock::LockWords {
+            word: self.table_word(word)?,
+            progress: self.table_word(progress)?,
+        };
+        lock::acquire(
+            &self.mem,
+            &self.geo,
+            &self.liveness,
+            local,
+            words,
+            owner,
+            self.hold_limit,
+        )
     }
 
     /// The shared word at a table offset (header, class table, roots, peers),
@@ -576,6 +594,26 @@ impl<M: Memory> Pool<M> {
         }
         Ok(())
     }
+
+    /// As [`for_each_slot`](Pool::for_each_slot), for the holder of class
+    /// `c`'s lock: shows progress on the lock every
+    /// [`BEAT_SLOTS`](lock::BEAT_SLOTS) slots, so a scan of any size keeps
+    /// its waiters (see `lock`'s hold limit).
+    pub(crate) fn for_each_slot_locked(
+        &self,
+        c: usize,
+        mut f: impl FnMut(SlotId, &AtomicU64),
+    ) -> Result<()> {
+        let progress = self.table_word(self.geo.class_entry(c) + cls::LOCK_PROGRESS)?;
+        let mut n = 0u32;
+        self.for_each_slot(c, |id, w| {
+            n = n.wrapping_add(1);
+            if n % lock::BEAT_SLOTS == 0 {
+                lock::show_progress(progress);
+            }
+            f(id, w)
+        })
+    }
 }
 
 #[cold]
@@ -685,6 +723,9 @@ mod tests;
 
 #[cfg(all(test, not(loom)))]
 mod generation_tests;
+
+#[cfg(all(test, not(loom)))]
+mod lock_tests;
 
 #[cfg(all(test, loom))]
 mod loom_models;

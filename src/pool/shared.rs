@@ -18,9 +18,10 @@ impl<M: Memory> Pool<M> {
     /// Takes class `c`'s shared lock, rebuilding its list if the previous
     /// holder died inside.
     pub(crate) fn lock_class(&self, c: usize, owner: Owner) -> Result<SharedGuard<'_>> {
-        let cv = self.class(c);
-        let word = self.table_word(self.geo.class_entry(c) + cls::LOCK)?;
-        let mut guard = self.lock_shared(&cv.local, word, owner)?;
+        let entry = self.geo.class_entry(c);
+        let local = &self.class(c).local;
+        let mut guard =
+            self.lock_shared(local, entry + cls::LOCK, entry + cls::LOCK_PROGRESS, owner)?;
         if guard.recovered {
             if let Err(e) = self.rebuild_list(c) {
                 guard.poison();
@@ -210,7 +211,7 @@ impl<M: Memory> Pool<M> {
     /// behind the cursor). Caller holds the class lock.
     fn repair_cursor(&self, c: usize) -> Result<()> {
         let mut last_used = None;
-        self.for_each_slot(c, |id, w| {
+        self.for_each_slot_locked(c, |id, w| {
             if Meta(w.load(Ordering::Acquire)) != Meta::FRESH {
                 last_used = Some(id);
             }
@@ -237,7 +238,7 @@ impl<M: Memory> Pool<M> {
         )?);
         let mut head = SlotId::NIL;
         let mut count = 0u64;
-        self.for_each_slot(c, |id, w| {
+        self.for_each_slot_locked(c, |id, w| {
             let m = Meta(w.load(Ordering::Acquire));
             let abandoned = m == Meta::FRESH && (id.extent(), id.index()) < cursor;
             if m.state() == SlotState::Free || abandoned {

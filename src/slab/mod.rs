@@ -2,6 +2,7 @@
 
 mod builder;
 mod cache;
+mod local;
 mod stats;
 
 pub use builder::{DEFAULT_CLASSES, SlabBuilder};
@@ -15,31 +16,9 @@ use crate::pool::{Owner, Pool, SlotAddr};
 use crate::region::MmapRegion;
 use crate::sync::{AtomicBool, Ordering};
 use cache::{Stack, ThreadCache, cache_limit};
-use std::cell::{Cell, RefCell};
+use local::PerThread;
+use std::cell::RefCell;
 use std::path::Path;
-use thread_local::ThreadLocal;
-
-thread_local! {
-    /// The uid of the `Slab` this thread used last, and its cache there.
-    static LAST_CACHE: Cell<(u64, *const ())> = const { Cell::new((0, std::ptr::null())) };
-    /// Registered right after the first `ThreadLocal` lookup of the thread,
-    /// so after that crate's thread-id guard: thread-local destructors run
-    /// in reverse order, so this one runs first and ends the thread's use of
-    /// caches before its id (and with it its cache entries) can be handed to
-    /// a new thread.
-    static CACHE_GUARD: CacheGuard = const { CacheGuard };
-}
-
-/// `LAST_CACHE`'s uid once the thread's caches are gone (never a real uid).
-const TORN_DOWN: u64 = u64::MAX;
-
-struct CacheGuard;
-
-impl Drop for CacheGuard {
-    fn drop(&mut self) {
-        let _ = LAST_CACHE.try_with(|c| c.set((TORN_DOWN, std::ptr::null())));
-    }
-}
 
 /// A process's attachment to a shared-memory segment: allocate slots, read
 /// and write them, free them, find named roots.
@@ -81,16 +60,14 @@ pub struct Slab {
     pool: Pool<MmapRegion>,
     pub(crate) row: usize,
     pub(crate) me: Owner,
-    /// Unique among all `Slab`s this process ever makes (never 0).
-    uid: u64,
     /// The process that attached. A forked child inherits the `Slab` but
     /// not its row, lock token or caches: it must neither use nor detach them.
     origin: Origin,
-    /// Each thread's cache, boxed so that its `RefCell` flag (written on every
-    /// alloc and free) lives in that thread's own allocation: the
-    /// `ThreadLocal` table packs its entries side by side, and two threads'
-    /// flags on one cache line made two threads slower than one.
-    caches: ThreadLocal<Box<RefCell<ThreadCache>>>,
+    /// Each thread's cache, in an allocation of its own so that its
+    /// `RefCell` flag (written on every alloc and free) never shares a cache
+    /// line with another thread's: two threads' flags on one line made two
+    /// threads slower than one. `None` from it during thread teardown.
+    caches: PerThread<RefCell<ThreadCache>>,
     limits: Box<[usize]>,
     /// Class for each size up to `SMALL_SIZES` in 16-byte steps.
     small_classes: Box<[u8]>,
@@ -163,9 +140,8 @@ impl Slab {
             pool,
             row,
             me,
-            uid: crate::sync::next_instance_id(),
             origin,
-            caches: ThreadLocal::new(),
+            caches: PerThread::new(),
             limits,
             small_classes: small_classes.into_boxed_slice(),
             owns_slots: AtomicBool::new(false),
@@ -215,42 +191,23 @@ impl Slab {
 
     /// The calling thread's cache. The last one used is remembered in a
     /// plain thread-local, so the hot path is a compare, not a table lookup.
-    /// `None` while the thread's thread-locals are being destroyed.
+    /// `None` while the thread's thread-locals are being destroyed: the
+    /// caller then takes its uncached path (see `local`).
     #[inline(always)]
     fn cache(&self) -> Option<&RefCell<ThreadCache>> {
-        let (uid, ptr) = LAST_CACHE.with(Cell::get);
-        if uid == self.uid {
-            // SAFETY: this thread stored (uid, ptr) in `cache_slow` from
-            // `self.caches.get_or` of the `Slab` with this uid. Uids are never
-            // reused, so that `Slab` is `self`, which is alive; a
-            // `ThreadLocal` never moves or frees an entry before it drops;
-            // and the entry stays this thread's own until its thread id is
-            // released, which `CACHE_GUARD` precedes by clearing LAST_CACHE.
-            return Some(unsafe { &*(ptr as *const RefCell<ThreadCache>) });
+        match self.caches.remembered() {
+            Some(cache) => Some(cache),
+            None => self.cache_slow(),
         }
-        self.cache_slow()
     }
 
     #[cold]
     fn cache_slow(&self) -> Option<&RefCell<ThreadCache>> {
-        if LAST_CACHE.with(Cell::get).0 == TORN_DOWN {
-            return None;
-        }
-        let cache = self.caches.get_or(|| {
+        self.caches.get_or(|| {
             // A thread with a cache can hold slots: detaching must scan.
             self.owns_slots.store(true, Ordering::Relaxed);
             ThreadCache::new(&self.limits)
-        });
-        // After `get_or`, which registered the thread-id guard (see
-        // CACHE_GUARD); failing means this thread is being torn down.
-        CACHE_GUARD.try_with(|_| ()).ok()?;
-        LAST_CACHE.with(|c| {
-            c.set((
-                self.uid,
-                &**cache as *const RefCell<ThreadCache> as *const (),
-            ))
-        });
-        Some(cache)
+        })
     }
 
     /// The smallest class whose slots hold `size` bytes aligned to `align`.

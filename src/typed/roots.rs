@@ -98,7 +98,7 @@ pub(crate) fn list_roots<M: Memory>(pool: &Pool<M>) -> Result<Vec<RootInfo>> {
 /// under the lock: only an insert in progress (not yet ours) or a dead one
 /// leaves them.
 fn lock_roots<M: Memory>(pool: &Pool<M>, me: Owner) -> Result<SharedGuard<'_>> {
-    let guard = pool.lock_shared(&pool.roots_local, pool.table_word(hdr::ROOTS_LOCK)?, me)?;
+    let guard = pool.lock_shared(&pool.roots_local, hdr::ROOTS_LOCK, hdr::ROOTS_PROGRESS, me)?;
     for i in 0..pool.geo.config.root_capacity {
         let w = pool.table_word(pool.geo.root_entry(i) + root::STATE)?;
         if w.load(Ordering::Acquire) == root::RESERVED {
