@@ -5,6 +5,45 @@
 //! builds and on [loom]'s model-checked atomics under `RUSTFLAGS="--cfg loom"`
 //! (the approach crossbeam takes with `crossbeam_loom`).
 //!
+//! It is also the one place where shared bytes are copied, under the
+//! crate's **single-width rule**: in this process, every byte of shared
+//! memory (slot contents, metadata, the header) is only ever accessed as part
+//! of its aligned 8-byte word, through an `AtomicU64` (or loom's). Two atomic
+//! accesses of different sizes that partly overlap, at least one a write,
+//! race under Rust's memory model (undefined behaviour, which Miri reports),
+//! so a byte copy may not use `AtomicU8` for an unaligned head and
+//! `AtomicU64` for the middle, as it once did: a 4-byte write at offset 4
+//! racing a 16-byte read at 0 would touch one word at two widths.
+//!
+//! So [`load_shared`] and [`store_shared`] split a copy into
+//! - a partial **head** word (the copy starts inside a word): loaded whole
+//!   and the wanted bytes extracted; written by a compare-and-swap loop on
+//!   the whole word, which replaces exactly the copy's bytes and keeps the
+//!   others, even if another thread or process changes them meanwhile;
+//! - the **whole-word middle**: plain relaxed word loads and stores, the
+//!   bulk of any large copy and the place to make copies fast;
+//! - a partial **tail** word, as the head.
+//!
+//! A copy of whole aligned words only (a typed value whose size is a
+//! multiple of 8, at the start of its slot) skips the split, inline; the
+//! partial-word path is out of line, so the hot paths stay as small as a
+//! plain word copy.
+//!
+//! A partial word never leaves the memory a caller may touch: slots are
+//! 16-aligned multiples of 16 bytes, so the word of any slot byte lies in the
+//! slot; [`Region`](crate::Region) views start on a page (a mapping) or a
+//! 64-byte boundary (a heap region) and their memory is allocated in whole
+//! pages or 64-byte blocks, so the word of any byte in the view is mapped.
+//!
+//! Metadata follows the rule by construction: `format`, `pool` and `peers`
+//! reach the file only through `Memory::word` (an aligned `AtomicU64`), and
+//! never with another width; the `AtomicU32`s in `pool` (a process's checked
+//! extent views) are process-local memory, not the file. The safe
+//! [`Region::read`](crate::Region::read)/[`write`](crate::Region::write) reach
+//! every byte of a segment, header and metadata words included, but through
+//! these same word copies, so even a user overwriting a lock word is (for
+//! the memory model) an ordinary atomic write at the same width.
+//!
 //! [loom]: https://docs.rs/loom
 
 #[cfg(not(loom))]
@@ -57,67 +96,314 @@ pub(crate) fn next_instance_id() -> u64 {
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Copies `dst.len()` bytes out of shared memory at `src` with relaxed
-/// atomic loads, eight bytes at a time where aligned. Another process or
-/// another thread of this one may be writing the same bytes: with atomic
-/// accesses on both sides that makes the copy stale (which callers detect
-/// with the slot's generation), never undefined behaviour.
-///
-/// Plain std atomics: process-local memory in loom models goes through
-/// `HeapRegion`'s own word accessors instead.
-///
-/// # Safety
-/// `src .. src + dst.len()` is valid for reads for the whole call, and every
-/// other access to those bytes in this process is atomic too (they are only
-/// reached through this function and [`store_shared`]).
-#[inline(always)]
-pub(crate) unsafe fn load_shared(src: *const u8, dst: &mut [u8]) {
-    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
-    let len = dst.len();
-    let mut i = 0;
-    while i < len && (src as usize + i) % 8 != 0 {
-        // SAFETY: in bounds and valid per the caller; one byte is aligned.
-        dst[i] = unsafe { AtomicU8::from_ptr(src.add(i) as *mut u8) }.load(Relaxed);
-        i += 1;
+/// One aligned 64-bit word of shared memory: the only width at which shared
+/// bytes are touched (see the module doc). Implemented by std's `AtomicU64`
+/// (mappings and heap buffers reached through pointers) and, in loom
+/// builds, by loom's (a model's heap segment), so both run the same copies.
+pub(crate) trait SharedWord {
+    /// A relaxed load of the whole word.
+    fn load_word(&self) -> u64;
+    /// A relaxed store of the whole word.
+    fn store_word(&self, value: u64);
+    /// A relaxed weak compare-and-swap of the whole word; `Err` has the
+    /// value found.
+    fn swap_word_if(&self, current: u64, new: u64) -> Result<u64, u64>;
+}
+
+impl SharedWord for std::sync::atomic::AtomicU64 {
+    #[inline(always)]
+    fn load_word(&self) -> u64 {
+        self.load(std::sync::atomic::Ordering::Relaxed)
     }
-    while i + 8 <= len {
-        // SAFETY: in bounds per the caller, and 8-aligned (the loop above).
-        let w = unsafe { AtomicU64::from_ptr(src.add(i) as *mut u64) }.load(Relaxed);
-        dst[i..i + 8].copy_from_slice(&w.to_ne_bytes());
-        i += 8;
+    #[inline(always)]
+    fn store_word(&self, value: u64) {
+        self.store(value, std::sync::atomic::Ordering::Relaxed)
     }
-    while i < len {
-        // SAFETY: as in the first loop.
-        dst[i] = unsafe { AtomicU8::from_ptr(src.add(i) as *mut u8) }.load(Relaxed);
-        i += 1;
+    #[inline(always)]
+    fn swap_word_if(&self, current: u64, new: u64) -> Result<u64, u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.compare_exchange_weak(current, new, Relaxed, Relaxed)
     }
 }
 
-/// Copies `src` into shared memory at `dst` with relaxed atomic stores: the
-/// counterpart of [`load_shared`].
-///
-/// # Safety
-/// `dst .. dst + src.len()` is valid for writes for the whole call, and every
-/// other access to those bytes in this process is atomic too.
-#[inline(always)]
-pub(crate) unsafe fn store_shared(src: &[u8], dst: *mut u8) {
-    use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
-    let len = src.len();
-    let mut i = 0;
-    while i < len && (dst as usize + i) % 8 != 0 {
-        // SAFETY: in bounds and valid per the caller; one byte is aligned.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(src[i], Relaxed);
-        i += 1;
+#[cfg(loom)]
+impl SharedWord for loom::sync::atomic::AtomicU64 {
+    fn load_word(&self) -> u64 {
+        self.load(Ordering::Relaxed)
     }
-    while i + 8 <= len {
-        let w = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
-        // SAFETY: in bounds per the caller, and 8-aligned (the loop above).
-        unsafe { AtomicU64::from_ptr(dst.add(i) as *mut u64) }.store(w, Relaxed);
+    fn store_word(&self, value: u64) {
+        self.store(value, Ordering::Relaxed)
+    }
+    fn swap_word_if(&self, current: u64, new: u64) -> Result<u64, u64> {
+        self.compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed)
+    }
+}
+
+/// How `len` bytes that start `skip` bytes into word 0 fall on words: a
+/// partial head word of `head` bytes (word 0, when `skip > 0`), `whole`
+/// whole words, and the rest (fewer than 8 bytes) in a partial tail word.
+#[derive(Debug, Clone, Copy)]
+struct WordSpan {
+    skip: usize,
+    head: usize,
+    whole: usize,
+}
+
+impl WordSpan {
+    #[inline(always)]
+    fn new(skip: usize, len: usize) -> Self {
+        debug_assert!(skip < 8);
+        let head = if skip == 0 { 0 } else { len.min(8 - skip) };
+        Self {
+            skip,
+            head,
+            whole: (len - head) / 8,
+        }
+    }
+
+    /// The index of the first whole word (the tail's is `first + whole`).
+    #[inline(always)]
+    fn first_whole(&self) -> usize {
+        usize::from(self.skip != 0)
+    }
+}
+
+/// Copies bytes out of words: `dst.len()` bytes starting `skip` (< 8) bytes
+/// into word 0, with `word(j)` the `j`-th word from there. Only calls `word`
+/// for the words the bytes lie in.
+#[inline(always)]
+pub(crate) fn load_via_words<'w, W: SharedWord + 'w>(
+    skip: usize,
+    dst: &mut [u8],
+    word: impl Fn(usize) -> &'w W,
+) {
+    if skip == 0 && dst.len() % 8 == 0 {
+        // Whole words only (every typed value of 8-byte multiples at the
+        // start of its slot): no partial word to consider.
+        return load_whole_words(dst, word);
+    }
+    let span = WordSpan::new(skip, dst.len());
+    if span.head > 0 {
+        load_part(word(0), skip, &mut dst[..span.head]);
+    }
+    let first = span.first_whole();
+    let end = span.head + 8 * span.whole;
+    load_whole_words(&mut dst[span.head..end], |k| word(first + k));
+    if end < dst.len() {
+        load_part(word(first + span.whole), 0, &mut dst[end..]);
+    }
+}
+
+/// Copies `src` into words, laid out as in [`load_via_words`]. Bytes of a
+/// partial word outside the copy keep their value, whoever changes them
+/// meanwhile.
+#[inline(always)]
+pub(crate) fn store_via_words<'w, W: SharedWord + 'w>(
+    skip: usize,
+    src: &[u8],
+    word: impl Fn(usize) -> &'w W,
+) {
+    if skip == 0 && src.len() % 8 == 0 {
+        return store_whole_words(src, word);
+    }
+    let span = WordSpan::new(skip, src.len());
+    if span.head > 0 {
+        store_part(word(0), skip, &src[..span.head]);
+    }
+    let first = span.first_whole();
+    let end = span.head + 8 * span.whole;
+    store_whole_words(&src[span.head..end], |k| word(first + k));
+    if end < src.len() {
+        store_part(word(first + span.whole), 0, &src[end..]);
+    }
+}
+
+/// The whole-word middle of a copy out (`dst.len()` a multiple of 8): one
+/// relaxed load per word. This is the bulk of a large copy, kept apart from
+/// the partial words so it can be made fast on its own.
+#[inline(always)]
+fn load_whole_words<'w, W: SharedWord + 'w>(dst: &mut [u8], word: impl Fn(usize) -> &'w W) {
+    let mut i = 0;
+    while i + 8 <= dst.len() {
+        dst[i..i + 8].copy_from_slice(&word(i / 8).load_word().to_ne_bytes());
         i += 8;
     }
-    while i < len {
-        // SAFETY: as in the first loop.
-        unsafe { AtomicU8::from_ptr(dst.add(i)) }.store(src[i], Relaxed);
-        i += 1;
+}
+
+/// The whole-word middle of a copy in: one relaxed store per word.
+#[inline(always)]
+fn store_whole_words<'w, W: SharedWord + 'w>(src: &[u8], word: impl Fn(usize) -> &'w W) {
+    let mut i = 0;
+    while i + 8 <= src.len() {
+        let value = u64::from_ne_bytes(src[i..i + 8].try_into().expect("8 bytes"));
+        word(i / 8).store_word(value);
+        i += 8;
+    }
+}
+
+/// Bytes `at .. at + dst.len()` of one word (a partial head or tail).
+#[inline(always)]
+fn load_part<W: SharedWord>(word: &W, at: usize, dst: &mut [u8]) {
+    dst.copy_from_slice(&word.load_word().to_ne_bytes()[at..at + dst.len()]);
+}
+
+/// Replaces bytes `at .. at + src.len()` of one word, keeping the others: a
+/// compare-and-swap of the whole word, retried when the word changed in
+/// between (or a weak CAS failed spuriously). Lock-free (a real conflict
+/// means another write landed), not wait-free: like any CAS of the protocol,
+/// a peer that rewrites the same word without pause can delay it.
+#[inline(always)]
+fn store_part<W: SharedWord>(word: &W, at: usize, src: &[u8]) {
+    let mut current = word.load_word();
+    loop {
+        let mut bytes = current.to_ne_bytes();
+        bytes[at..at + src.len()].copy_from_slice(src);
+        match word.swap_word_if(current, u64::from_ne_bytes(bytes)) {
+            Ok(_) => return,
+            Err(found) => current = found,
+        }
+    }
+}
+
+/// Copies `dst.len()` bytes out of shared memory at `src`, by whole aligned
+/// words (the single-width rule, see the module doc). Another process or
+/// another thread of this one may be writing the same bytes: with atomic
+/// accesses of one width on both sides that makes the copy stale (which
+/// callers detect with the slot's generation), never undefined behaviour.
+///
+/// A copy of whole aligned words (most typed values) is inlined; one with a
+/// partial word goes out of line, so the hot paths stay small.
+///
+/// Plain std atomics: process-local memory in loom models goes through
+/// `HeapRegion`'s own words and [`load_via_words`] instead.
+///
+/// # Safety
+/// The aligned 8-byte words that contain `src .. src + dst.len()` are valid
+/// for reads for the whole call, and in this process they are only accessed
+/// as whole aligned 64-bit atomics (this function, [`store_shared`],
+/// `Memory::word`).
+#[inline(always)]
+pub(crate) unsafe fn load_shared(src: *const u8, dst: &mut [u8]) {
+    if src.addr() % 8 == 0 && dst.len() % 8 == 0 {
+        let first = src.cast::<u64>();
+        // SAFETY: the words of the copy, valid and accessed only as aligned
+        // 64-bit atomics per the caller; `first` is 8-aligned (checked).
+        load_whole_words(dst, |k| unsafe { std_word(first.add(k).cast_mut()) });
+    } else {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { load_shared_parts(src, dst) }
+    }
+}
+
+/// [`load_shared`] for a copy that starts or ends inside a word.
+///
+/// # Safety
+/// As for [`load_shared`].
+#[inline(never)]
+unsafe fn load_shared_parts(src: *const u8, dst: &mut [u8]) {
+    let skip = src.addr() % 8;
+    let first = src.wrapping_sub(skip).cast::<u64>();
+    load_via_words(skip, dst, |j| {
+        // SAFETY: `load_via_words` asks only for words that contain bytes of
+        // the copy, which the caller guarantees are valid and accessed only
+        // as aligned 64-bit atomics; `first` is 8-aligned by construction.
+        unsafe { std_word(first.add(j).cast_mut()) }
+    });
+}
+
+/// Copies `src` into shared memory at `dst`, by whole aligned words: the
+/// counterpart of [`load_shared`]. Bytes of the first and last word outside
+/// `dst .. dst + src.len()` keep their value.
+///
+/// # Safety
+/// The aligned 8-byte words that contain `dst .. dst + src.len()` are valid
+/// for reads and writes for the whole call, and in this process they are
+/// only accessed as whole aligned 64-bit atomics.
+#[inline(always)]
+pub(crate) unsafe fn store_shared(src: &[u8], dst: *mut u8) {
+    if dst.addr() % 8 == 0 && src.len() % 8 == 0 {
+        let first = dst.cast::<u64>();
+        // SAFETY: as in `load_shared`; the words are also valid for writes.
+        store_whole_words(src, |k| unsafe { std_word(first.add(k)) });
+    } else {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { store_shared_parts(src, dst) }
+    }
+}
+
+/// [`store_shared`] for a copy that starts or ends inside a word.
+///
+/// # Safety
+/// As for [`store_shared`].
+#[inline(never)]
+unsafe fn store_shared_parts(src: &[u8], dst: *mut u8) {
+    let skip = dst.addr() % 8;
+    let first = dst.wrapping_sub(skip).cast::<u64>();
+    store_via_words(skip, src, |j| {
+        // SAFETY: as in `load_shared_parts`; the caller guarantees the words
+        // are also valid for writes.
+        unsafe { std_word(first.add(j)) }
+    });
+}
+
+/// The std atomic at `ptr`, for as long as the caller needs it.
+///
+/// # Safety
+/// `ptr` is 8-aligned and valid for the atomic accesses made through the
+/// result while it is used, and is only accessed atomically meanwhile.
+#[inline(always)]
+unsafe fn std_word<'a>(ptr: *mut u64) -> &'a std::sync::atomic::AtomicU64 {
+    // SAFETY: per this function's contract.
+    unsafe { std::sync::atomic::AtomicU64::from_ptr(ptr) }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{load_shared, store_shared};
+    use std::sync::atomic::AtomicU64;
+
+    /// Four words of known bytes, and their bytes as a plain array.
+    fn words() -> ([AtomicU64; 4], [u8; 32]) {
+        let bytes: [u8; 32] = std::array::from_fn(|i| 0xA0 ^ i as u8);
+        let w = std::array::from_fn(|k| {
+            AtomicU64::new(u64::from_ne_bytes(
+                bytes[8 * k..8 * k + 8].try_into().unwrap(),
+            ))
+        });
+        (w, bytes)
+    }
+
+    fn bytes_of(w: &[AtomicU64; 4]) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (k, word) in w.iter().enumerate() {
+            out[8 * k..8 * k + 8].copy_from_slice(
+                &word
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_ne_bytes(),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn copies_of_every_offset_and_length_touch_exactly_their_bytes() {
+        // Offsets 0..=8 cover every start inside a word and the next word.
+        for at in 0..=8 {
+            for len in 0..=16 {
+                let (w, before) = words();
+                let base = w.as_ptr().cast::<u8>().cast_mut();
+                let src: Vec<u8> = (0..len).map(|i| 0x10 + i as u8).collect();
+                // SAFETY: `at + len <= 24`, so every word the copy touches is
+                // one of the four, which only this thread accesses, atomically.
+                unsafe { store_shared(&src, base.add(at)) };
+                let mut want = before;
+                want[at..at + len].copy_from_slice(&src);
+                assert_eq!(bytes_of(&w), want, "store of {len} at {at}");
+                let mut back = vec![0u8; len];
+                // SAFETY: as above.
+                unsafe { load_shared(base.add(at), &mut back) };
+                assert_eq!(back, src, "load of {len} at {at}");
+            }
+        }
     }
 }

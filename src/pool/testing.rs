@@ -77,3 +77,23 @@ pub(crate) fn kill(pool: &TestPool, row: usize) {
         dead.fetch_or(1 << row, crate::sync::Ordering::AcqRel);
     }
 }
+
+/// Allocates one slot of class `c` the way `Slab` does, without a cache:
+/// take one, growing the class first if it is empty.
+#[cfg(not(loom))]
+pub(crate) fn alloc_one(
+    p: &TestPool,
+    c: usize,
+    o: Owner,
+) -> crate::error::Result<crate::format::SlotRef> {
+    let mut got = Vec::new();
+    let seen = p.take(c, o, 1, &mut got)?;
+    if got.is_empty() {
+        p.grow(c, seen, o)?;
+        p.take(c, o, 1, &mut got)?;
+    }
+    let id = got
+        .pop()
+        .ok_or(crate::error::Error::corrupt("no slot after growth"))?;
+    Ok(p.activate(c, id, o)?.0)
+}

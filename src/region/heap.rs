@@ -3,7 +3,9 @@
 //!
 //! Its capacity is fixed up front (like an address-space reservation) and its
 //! length grows inside it. Under `--cfg loom` it is an array of loom atomics,
-//! because loom cannot check accesses made through casted raw pointers.
+//! because loom cannot check accesses made through casted raw pointers; both
+//! forms copy bytes with the same whole-word copies (`sync`'s single-width
+//! rule), so Miri (real atomics) and loom check the same code.
 
 use super::Memory;
 use crate::error::{Error, Result};
@@ -108,16 +110,17 @@ impl Memory for HeapRegion {
 
     unsafe fn copy_out(&self, offset: u64, dst: &mut [u8]) {
         #[cfg(not(loom))]
-        // SAFETY: the caller keeps the range within `len <= capacity`; all
-        // accesses to slot bytes go through these atomic copies.
+        // SAFETY: the caller keeps the range within `len <= capacity`, and
+        // the capacity is a multiple of 64 from a 64-aligned base, so every
+        // word containing a byte of the range lies in the buffer; all
+        // accesses to it are whole-word atomics (`word` and these copies).
         unsafe {
             crate::sync::load_shared(self.buf.ptr().add(offset as usize), dst)
         };
         #[cfg(loom)]
-        for (i, b) in dst.iter_mut().enumerate() {
-            let at = offset + i as u64;
-            let w = self.words[(at / 8) as usize].load(Ordering::Relaxed);
-            *b = w.to_ne_bytes()[(at % 8) as usize];
+        {
+            let first = (offset / 8) as usize;
+            crate::sync::load_via_words((offset % 8) as usize, dst, |j| &self.words[first + j]);
         }
     }
 
@@ -128,12 +131,9 @@ impl Memory for HeapRegion {
             crate::sync::store_shared(src, self.buf.ptr().add(offset as usize))
         };
         #[cfg(loom)]
-        for (i, b) in src.iter().enumerate() {
-            let at = offset + i as u64;
-            let word = &self.words[(at / 8) as usize];
-            let mut bytes = word.load(Ordering::Relaxed).to_ne_bytes();
-            bytes[(at % 8) as usize] = *b;
-            word.store(u64::from_ne_bytes(bytes), Ordering::Relaxed);
+        {
+            let first = (offset / 8) as usize;
+            crate::sync::store_via_words((offset % 8) as usize, src, |j| &self.words[first + j]);
         }
     }
 

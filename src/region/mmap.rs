@@ -545,7 +545,9 @@ impl Memory for MmapRegion {
     unsafe fn copy_out(&self, offset: u64, dst: &mut [u8]) {
         let base = self.base.load(Ordering::Acquire);
         // SAFETY: the caller guarantees the range is within `len`, mapped as
-        // argued in `word`, and reached only through these atomic copies.
+        // argued in `word`; the mapping is whole pages from a page-aligned
+        // base, so every word containing a byte of the range is mapped, and
+        // it is reached only as a whole-word atomic (`word`, these copies).
         // Concurrent writers can only make the copy stale, which callers
         // detect with the slot generation; `T: Pod` makes any bytes valid.
         unsafe { crate::sync::load_shared(base.add(offset as usize), dst) }

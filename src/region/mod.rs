@@ -4,7 +4,8 @@
 //!
 //! The layers above reach memory only through the crate-internal [`Memory`]
 //! trait: aligned 64-bit atomic words for metadata, and byte copies for slot
-//! contents. Nothing hands out a `&[u8]` or `&T` into shared memory, because
+//! contents, themselves made of whole aligned word accesses (the
+//! single-width rule in `sync`). Nothing hands out a `&[u8]` or `&T` into shared memory, because
 //! another process may change those bytes at any moment.
 
 mod heap;
@@ -34,6 +35,14 @@ pub enum FileCleanup {
 }
 
 /// A borrowed view of a region's bytes: a base pointer and a length.
+///
+/// [`read`](Region::read) and [`write`](Region::write) access the bytes only
+/// as whole aligned 64-bit atomic words, the one width the crate uses on
+/// shared memory: a write of a few bytes swaps the word that holds them.
+/// Code that uses [`as_ptr`](Region::as_ptr) while the crate may touch the
+/// same bytes from another thread must do the same (aligned `AtomicU64`
+/// only): atomic accesses of different sizes to overlapping bytes are
+/// undefined behaviour.
 ///
 /// The view stays valid for as long as the region it came from is borrowed:
 /// a region never unmaps a mapping while it lives, even after a remap.
@@ -91,10 +100,13 @@ impl<'a> Region<'a> {
         if end > self.len {
             return None;
         }
-        // SAFETY: `offset..end` lies inside the mapped view (checked above),
-        // which is valid for 'a; `dst` is a distinct private buffer. The copy
-        // is atomic, so racing writers (other threads or processes) can only
-        // make the copied bytes stale.
+        // SAFETY: `offset..end` lies inside the view (checked above), which
+        // is valid for 'a; the view starts 8-aligned and its memory comes in
+        // whole pages (a mapping) or 64-byte blocks (a heap region), so the
+        // words containing those bytes are valid too; `dst` is a distinct
+        // private buffer. The crate touches the view's bytes only as whole
+        // aligned atomic words, as this copy does, so racing writers (other
+        // threads or processes) can only make the copied bytes stale.
         unsafe { crate::sync::load_shared(self.ptr.add(offset), dst) };
         Some(())
     }
@@ -106,7 +118,9 @@ impl<'a> Region<'a> {
         if end > self.len {
             return None;
         }
-        // SAFETY: as in `read`; the view is writable (MAP_SHARED, PROT_WRITE).
+        // SAFETY: as in `read`; the view is writable (MAP_SHARED, PROT_WRITE,
+        // or heap memory). Bytes of the first and last word outside the
+        // range are kept by compare-and-swap, never rewritten with old values.
         unsafe { crate::sync::store_shared(src, self.ptr.add(offset)) };
         Some(())
     }

@@ -283,3 +283,55 @@ impl Slab {
         list_roots(pool)
     }
 }
+
+/// The roots protocol over a heap segment shared by two simulated processes,
+/// with real threads: what Miri runs (the loom model checks the same race
+/// exhaustively but with loom's atomics).
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::{get, get_or_insert, list_roots, remove};
+    use crate::error::{Error, Fingerprint};
+    use crate::pool::testing::{alloc_one, heap_processes};
+
+    const FP: Fingerprint = Fingerprint {
+        size: 8,
+        align: 8,
+        schema: 7,
+    };
+
+    #[test]
+    fn two_processes_racing_get_or_insert_on_one_name_get_one_object() {
+        let procs = heap_processes(&[64], 4096, 1 << 20, 2);
+        let handles: Vec<_> = std::thread::scope(|s| {
+            let racers: Vec<_> = procs
+                .iter()
+                .map(|(p, o)| {
+                    s.spawn(move || get_or_insert(p, *o, "shared", FP, || alloc_one(p, 0, *o)))
+                })
+                .collect();
+            racers
+                .into_iter()
+                .map(|r| r.join().unwrap().unwrap())
+                .collect()
+        });
+        assert_eq!(handles[0], handles[1]);
+        let (p, o) = &procs[0];
+        let report = crate::check::check_pool(p, None).unwrap();
+        assert!(report.is_consistent(), "{:?}", report.findings);
+        let allocated: u64 = report.classes.iter().map(|c| c.allocated).sum();
+        assert_eq!((allocated, report.roots), (1, 1), "the loser allocated too");
+
+        // The other process finds it by name, refuses it as another type,
+        // and removes it.
+        let (q, oq) = &procs[1];
+        assert_eq!(get(q, *oq, "shared", FP).unwrap(), Some(handles[0]));
+        let other = Fingerprint { schema: 8, ..FP };
+        assert!(matches!(
+            get(q, *oq, "shared", other),
+            Err(Error::TypeMismatch { .. })
+        ));
+        assert_eq!(list_roots(p).unwrap()[0].name, "shared");
+        assert!(remove(q, *oq, "shared", |_| Ok(())).unwrap());
+        assert_eq!(get(p, *o, "shared", FP).unwrap(), None);
+    }
+}
