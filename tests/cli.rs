@@ -839,7 +839,9 @@ fn unreadable_files_are_exit_2() {
     std::fs::write(&zeros, vec![0u8; 8192]).unwrap();
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "hello, this is not a segment\n").unwrap();
-    let version = corrupted(&good, dir.path(), "version.shm", |b| write_word(b, 8, 2));
+    let version = corrupted(&good, dir.path(), "version.shm", |b| {
+        write_word(b, 8, shmslab::FORMAT_VERSION + 1)
+    });
     let arch = corrupted(&good, dir.path(), "arch.shm", |b| {
         write_word(b, 16, 0x0102_0304_0506_0708u64.swap_bytes())
     });
