@@ -292,7 +292,7 @@ impl Registry {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
     use std::os::fd::{FromRawFd, OwnedFd};

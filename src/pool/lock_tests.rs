@@ -49,6 +49,7 @@ fn until_held_by(word: &AtomicU64, token: u64) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "timed waits, or 100,000-slot scans")]
 fn a_waiter_behind_a_succession_of_live_holders_does_not_give_up() {
     let procs = processes(4, LIMIT);
     let (waiter, w) = (&procs[0].0, procs[0].1);
@@ -77,6 +78,7 @@ fn a_waiter_behind_a_succession_of_live_holders_does_not_give_up() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "timed waits, or 100,000-slot scans")]
 fn a_waiter_behind_one_peer_retaking_the_lock_does_not_give_up() {
     let procs = processes(2, LIMIT);
     let (waiter, w) = (&procs[0].0, procs[0].1);
@@ -104,6 +106,7 @@ fn a_waiter_behind_one_peer_retaking_the_lock_does_not_give_up() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "timed waits, or 100,000-slot scans")]
 fn a_single_live_holder_past_the_limit_is_still_corrupt() {
     let procs = processes(2, LIMIT);
     let (waiter, w) = (&procs[0].0, procs[0].1);
@@ -130,6 +133,7 @@ fn grow_to_slots(p: &TestPool, o: Owner, slots: u64) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "timed waits, or 100,000-slot scans")]
 fn a_waiter_behind_a_rebuild_longer_than_the_limit_does_not_give_up() {
     let mut procs = heap_processes(&[16], PAGE, 64 << 20, 2);
     let (holder, h) = (&procs[1].0, procs[1].1);
@@ -177,6 +181,7 @@ fn a_waiter_behind_a_rebuild_longer_than_the_limit_does_not_give_up() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "timed waits, or 100,000-slot scans")]
 fn a_holder_showing_progress_keeps_its_waiters() {
     let procs = processes(2, LIMIT);
     let (waiter, w) = (&procs[0].0, procs[0].1);
@@ -231,6 +236,7 @@ fn taking_each_lock_shows_progress() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "timed waits, or 100,000-slot scans")]
 fn every_scan_under_a_class_lock_shows_progress() {
     let procs = heap_processes(&[16], PAGE, 64 << 20, 2);
     let (p, o) = (&procs[0].0, procs[0].1);
