@@ -24,11 +24,15 @@ use crate::format::{self, MAX_EXTENTS, cls, hdr, journal};
 use crate::region::Memory;
 use crate::sync::Ordering;
 
+/// How much of a new extent is reserved between two signs of progress on
+/// the growth lock (a page multiple, so every chunk ends on a page).
+const RESERVE_CHUNK: u64 = 64 << 20;
+
 impl<M: Memory> Pool<M> {
     /// Appends an extent to class `c`, unless its extent count is no longer
     /// `seen` (someone else grew it first).
     pub(crate) fn grow(&self, c: usize, seen: u32, owner: Owner) -> Result<()> {
-        let _guard = self.lock_growth(owner)?;
+        let guard = self.lock_growth(owner)?;
         crash_point("grow.locked");
         self.repair_growth()?;
 
@@ -71,13 +75,27 @@ impl<M: Memory> Pool<M> {
             .store(journal::ACTIVE, Ordering::Release);
         crash_point("grow.journaled");
 
-        if let Err(e) = self.mem.grow_to(offset + bytes) {
+        if let Err(e) = self.reserve(&guard, offset, offset + bytes) {
             self.table_word(j + journal::STATE)?
                 .store(journal::IDLE, Ordering::Release);
             return Err(e);
         }
         crash_point("grow.reserved");
         self.publish_extent(c, count as usize, offset, slots, bytes)
+    }
+
+    /// Reserves and maps `[from, to)` in chunks of [`RESERVE_CHUNK`],
+    /// showing progress on the growth lock between them: an extent's size
+    /// grows with the segment, and its `fallocate` (or the block-by-block
+    /// fallback) must not look to waiters like a wedged holder.
+    fn reserve(&self, guard: &SharedGuard<'_>, from: u64, to: u64) -> Result<()> {
+        let mut at = from;
+        while at < to {
+            at = at.saturating_add(RESERVE_CHUNK).min(to);
+            self.mem.grow_to(at)?;
+            guard.show_progress();
+        }
+        Ok(())
     }
 
     /// Takes the growth lock (local mutex, then the shared word).
@@ -107,6 +125,18 @@ impl<M: Memory> Pool<M> {
     /// dead grower's (a live one would still hold the lock).
     pub(crate) fn repair_dead_growth(&self, owner: Owner) -> Result<bool> {
         if self.journal_state()? == journal::IDLE {
+            return Ok(false);
+        }
+        // A live grower (a peer, or another thread of this pool: the word
+        // then holds our own token, which liveness cannot judge) finishes its
+        // own growth; attach and reclaim must not wait behind its fallocate.
+        let holder = format::load(&self.mem, hdr::GROW_LOCK)?;
+        if holder == owner.token
+            || (holder != 0
+                && !self
+                    .liveness
+                    .token_dead(&self.mem, &self.geo, holder, true)?)
+        {
             return Ok(false);
         }
         let _guard = self.lock_growth(owner)?;

@@ -403,3 +403,61 @@ fn partial_writes_to_one_word_keep_each_others_bytes() {
     p.read_at(&h, 8, &mut word).unwrap();
     assert_eq!(word, [0, rounds, rounds, rounds, rounds, rounds, rounds, 0]);
 }
+
+/// Attach and `reclaim_dead` repair only a *dead* grower's journal: behind a
+/// live one (whose extent's `fallocate` may take long) they return at once
+/// instead of waiting on the growth lock, and so can never time out there.
+#[test]
+fn repairing_growth_does_not_wait_behind_a_live_grower() {
+    let mut procs = heap_processes_capped(&[64], PAGE, 1 << 20, 2, 0);
+    let limit = std::time::Duration::from_millis(300);
+    procs[1].0.hold_limit = limit;
+    let (grower, g) = (&procs[0].0, procs[0].1);
+    let (other, o) = (&procs[1].0, procs[1].1);
+    // The grower is mid-growth: it holds the growth lock, its journal active.
+    let w = |off: u64, v: u64| grower.table_word(off).unwrap().store(v, Ordering::Release);
+    w(hdr::GROW_LOCK, g.token);
+    w(hdr::JOURNAL + journal::STATE, journal::ACTIVE);
+    let t = std::time::Instant::now();
+    assert!(
+        !other.repair_dead_growth(o).unwrap(),
+        "a live growth is not repaired"
+    );
+    assert!(
+        t.elapsed() < limit,
+        "it waited {:?} for a live grower",
+        t.elapsed()
+    );
+    // Its own thread's growth (the word holds its own token) likewise.
+    assert!(!grower.repair_dead_growth(g).unwrap());
+    // Once the grower is dead, the same call takes the lock over and repairs.
+    kill(grower, 0);
+    assert!(other.repair_dead_growth(o).unwrap());
+    assert_eq!(
+        other
+            .table_word(hdr::JOURNAL + journal::STATE)
+            .unwrap()
+            .load(Ordering::Acquire),
+        journal::IDLE
+    );
+}
+
+/// An extent larger than one reservation chunk shows progress on the growth
+/// lock while it is reserved, so waiters do not give up on a big growth.
+#[test]
+#[cfg_attr(miri, ignore = "a 128 MiB extent")]
+fn a_large_extent_shows_progress_while_it_is_reserved() {
+    let procs = heap_processes_capped(&[1 << 27], PAGE, 300 << 20, 1, 0);
+    let (p, o) = (&procs[0].0, procs[0].1);
+    let progress = || {
+        p.table_word(hdr::GROW_PROGRESS)
+            .unwrap()
+            .load(Ordering::Acquire)
+    };
+    let before = progress();
+    p.grow(0, 0, o).unwrap();
+    assert_eq!(p.counts(0).extents, 1);
+    // One beat for taking the lock, then one per 64 MiB chunk (at least 3
+    // chunks: 128 MiB of slot data plus its metadata page).
+    assert!(progress() - before >= 4, "{} beats", progress() - before);
+}

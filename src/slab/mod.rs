@@ -120,7 +120,9 @@ impl Slab {
         let (row, me) = peers::register(&pool)?;
         // A growth a dead process cut short is finished now, not left for a
         // next growth that may never come (check() notes it until then).
-        pool.repair_dead_growth(me)?;
+        // Best effort: attach does not fail for it (a full disk, say) — the
+        // next reclaim_dead or growth repairs it, and reports what fails.
+        let _ = pool.repair_dead_growth(me);
         let limits = (0..pool.class_count())
             .map(|c| cache_limit(pool.class(c).size))
             .collect();
