@@ -27,35 +27,51 @@
 //! back, so a thread never reaches a value through the memo once its id can
 //! belong to another thread. A new thread that gets a freed id inherits the
 //! value the old thread left at that index (slots *cached* by this process:
-//! its to use); the id manager's mutex orders the two threads' accesses.
+//! its to use); the id bitmap's Release/Acquire orders the two threads'
+//! accesses.
 //!
 //! Ids are the lowest free ones, so a table stays as small as the largest
 //! number of threads alive at once. These are process-local, plain std
 //! atomics: nothing here is shared with other processes or model-checked.
 
 use std::cell::Cell;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-/// Thread ids in use and given back.
-struct Ids {
-    /// The lowest id never handed out.
-    next: usize,
-    /// Ids given back by exited threads, lowest first.
-    free: BinaryHeap<Reverse<usize>>,
+/// Words of the id bitmap: ids `0 .. 64 * ID_WORDS`. A thread beyond that
+/// many alive at once gets no id and takes the uncached path.
+const ID_WORDS: usize = 1024;
+
+/// One bit per id, set while a thread has it. Lock-free, not a mutex: a
+/// `fork` while another thread of the parent held a mutex here would leave
+/// it locked for good in the child, and the child's first lookup from any
+/// new thread would hang (the child's own `Slab`s use these tables too).
+static IDS: [AtomicU64; ID_WORDS] = [const { AtomicU64::new(0) }; ID_WORDS];
+
+/// Takes the lowest free id. Acquire pairs with [`give_back`]'s Release, so
+/// a thread given a freed id sees everything the last thread with it did
+/// to the value at that index.
+fn take_id() -> Option<usize> {
+    for (w, word) in IDS.iter().enumerate() {
+        let mut cur = word.load(Ordering::Relaxed);
+        while cur != u64::MAX {
+            let bit = (!cur).trailing_zeros() as usize;
+            match word.compare_exchange_weak(
+                cur,
+                cur | 1 << bit,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(w * 64 + bit),
+                Err(now) => cur = now,
+            }
+        }
+    }
+    None
 }
 
-static IDS: Mutex<Ids> = Mutex::new(Ids {
-    next: 0,
-    free: BinaryHeap::new(),
-});
-
-fn ids() -> std::sync::MutexGuard<'static, Ids> {
-    // Nothing panics while holding it; a poisoned one is still consistent.
-    IDS.lock().unwrap_or_else(PoisonError::into_inner)
+fn give_back(id: usize) {
+    IDS[id / 64].fetch_and(!(1u64 << (id % 64)), Ordering::Release);
 }
 
 /// "No id yet".
@@ -70,7 +86,7 @@ impl Drop for ThreadId {
         LAST.set((TORN_DOWN, ptr::null()));
         let id = self.0.replace(NO_ID);
         if id != NO_ID {
-            ids().free.push(Reverse(id));
+            give_back(id);
         }
     }
 }
@@ -86,24 +102,17 @@ thread_local! {
 const TORN_DOWN: u64 = u64::MAX;
 
 /// The calling thread's id, or `None` while (or after) its thread-locals
-/// are destroyed.
+/// are destroyed, or when every id is taken.
 fn current() -> Option<usize> {
     THREAD
         .try_with(|t| {
             if t.0.get() == NO_ID {
-                let mut ids = ids();
-                let id = match ids.free.pop() {
-                    Some(Reverse(id)) => id,
-                    None => {
-                        ids.next += 1;
-                        ids.next - 1
-                    }
-                };
-                t.0.set(id);
+                t.0.set(take_id()?);
             }
-            t.0.get()
+            Some(t.0.get())
         })
         .ok()
+        .flatten()
 }
 
 /// Buckets of a table: bucket `b` holds ids `2^b - 1 .. 2^(b+1) - 1`.
