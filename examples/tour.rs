@@ -23,6 +23,7 @@ use std::time::Instant;
 /// fields, so plain read-modify-write is enough.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+#[bytemuck(crate = "shmslab::bytemuck")]
 struct Stats {
     parent_records: u64,
     parent_buffers: u64,
@@ -40,6 +41,7 @@ impl Schema for Stats {
 /// A typed record, as a service might keep per client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
+#[bytemuck(crate = "shmslab::bytemuck")]
 struct Record {
     id: u64,
     owner_pid: u32,
@@ -51,6 +53,7 @@ struct Record {
 /// Where the worker leaves handles to a few of its records for the parent.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
+#[bytemuck(crate = "shmslab::bytemuck")]
 struct Inbox {
     count: u64,
     records: [Handle<Record>; 8],

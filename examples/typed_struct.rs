@@ -11,6 +11,7 @@ use std::process::Command;
 /// reading what another process wrote is always safe.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+#[bytemuck(crate = "shmslab::bytemuck")]
 struct Sensor {
     readings: u64,
     last_value: f64,

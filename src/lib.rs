@@ -8,10 +8,11 @@
 //!
 //! ```
 //! use shmslab::Slab;
-//! use bytemuck::{Pod, Zeroable};
+//! use shmslab::bytemuck::{Pod, Zeroable};
 //!
 //! #[repr(C)]
 //! #[derive(Clone, Copy, Debug, PartialEq, Pod, Zeroable)]
+//! #[bytemuck(crate = "shmslab::bytemuck")] // see `shmslab::bytemuck`
 //! struct Point { x: f64, y: f64 }
 //! impl shmslab::Schema for Point {}
 //!
@@ -94,7 +95,27 @@ pub use region::{FileCleanup, HeapRegion, MmapRegion, Region, RegionOptions};
 pub use slab::{ClassStats, DEFAULT_CLASSES, Slab, SlabBuilder, Stats};
 pub use typed::{Handle, RootInfo, Schema, SliceHandle};
 
-/// Re-exported so `#[derive(Pod, Zeroable)]` works with the crate alone.
+/// The `bytemuck` that shmslab's `Pod` bounds refer to, so a crate can
+/// store its own structs with shmslab as its only dependency.
+///
+/// The derive macros expand to paths starting at `::bytemuck`, which a crate
+/// without its own `bytemuck` dependency does not have; tell them where it
+/// is with `#[bytemuck(crate = "shmslab::bytemuck")]`:
+///
+/// ```
+/// use shmslab::bytemuck::{Pod, Zeroable};
+///
+/// #[repr(C)]
+/// #[derive(Clone, Copy, Pod, Zeroable)]
+/// #[bytemuck(crate = "shmslab::bytemuck")]
+/// struct Sample { at_ns: u64, value: f64 }
+/// ```
+///
+/// A crate that depends on `bytemuck` 1.x itself can `use bytemuck::{Pod,
+/// Zeroable}` and leave the attribute out: it is the same crate (Cargo
+/// unifies the two `1.x` requirements). `tests/user-crate/` in the
+/// repository, a crate with shmslab as its only dependency, checks that the
+/// README's example builds and runs this way.
 pub use bytemuck;
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

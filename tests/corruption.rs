@@ -57,11 +57,12 @@ const PEERS: usize = 4;
 /// Written over the random segment id so the fixture is the same every run.
 const FIXED_SEGMENT_ID: u32 = 0x5EED_C0DE;
 
-/// Cases run by a plain `cargo test`: 12,000 in a debug build (30 to 50 s
-/// on 2 shared cores), 100,000 in a release build (about 35 s). Set
-/// `SHMSLAB_FUZZ_CASES` for a larger run.
+/// Cases per fuzz test: 1,500 in a debug build (the README's quick
+/// `cargo test`: a few seconds), 100,000 in a release build (about 35 s;
+/// `.ci/run` runs it, with overflow checks on). Set `SHMSLAB_FUZZ_CASES`
+/// for another size.
 const DEFAULT_CASES: u64 = if cfg!(debug_assertions) {
-    12_000
+    1_500
 } else {
     100_000
 };

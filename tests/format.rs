@@ -1,7 +1,7 @@
 //! Integration tests of the file format as `Slab::attach` sees it: every
 //! kind of bad file gets its own `Error` variant, never a panic or a signal;
 //! forged free lists, counts, cursors and locks (which attach cannot vouch
-//! for) fail cleanly when used; and two property tests throw mutated
+//! for) fail cleanly when used; and two seeded campaigns throw mutated
 //! headers and mutated slot metadata at `attach` and the allocator.
 //!
 //! Bad files are made from a real segment: create it, allocate so that
@@ -9,11 +9,10 @@
 
 mod common;
 
-use proptest::prelude::*;
+use common::live::XorShift;
 use shmslab::{Error, FORMAT_VERSION, MAX_EXTENTS, Slab};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 // The documented file layout (src/format/mod.rs, modules `hdr` and `cls`;
@@ -666,8 +665,95 @@ fn attaching_a_missing_path_or_a_directory_is_an_io_error() {
 }
 
 // ---------------------------------------------------------------------------
-// Mutated headers, at random.
+// Mutated headers and slot metadata, at random: two seeded campaigns.
+//
+// Case `n` of a campaign is generated from (seed, n) alone, so a failure is
+// replayed with `SHMSLAB_FORMAT_SEED=<seed> SHMSLAB_FORMAT_FIRST=<n>
+// SHMSLAB_FORMAT_CASES=1 cargo test --test format <test name>`.
+// `SHMSLAB_FORMAT_CASES` sets the number of cases of each campaign; by
+// default a release build runs the full size (10,000 header cases, 3,000
+// metadata cases; `.ci/run`) and a debug build (the README's `cargo test`)
+// a tenth of it.
 // ---------------------------------------------------------------------------
+
+const HEADER_CASES: u64 = 10_000;
+const META_CASES: u64 = 3_000;
+const DEFAULT_SEED: u64 = 0x5EED_F0A7_0000_0001;
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => {
+            let v = v.trim();
+            let parsed = match v.strip_prefix("0x") {
+                Some(hex) => u64::from_str_radix(&hex.replace('_', ""), 16),
+                None => v.replace('_', "").parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("{name}={v} is not a number"))
+        }
+        Err(_) => default,
+    }
+}
+
+/// Runs cases `first..first + cases` of a campaign (`full` cases at full
+/// size): each case gets its own generator, `run` returns `Err` for a
+/// failed case (a panic counts as one too). Panics at the end, naming the
+/// failed cases and how to replay them.
+fn campaign(test: &str, full: u64, mut run: impl FnMut(&mut XorShift, u64) -> Result<(), String>) {
+    let default = if cfg!(debug_assertions) {
+        full / 10
+    } else {
+        full
+    };
+    let cases = env_u64("SHMSLAB_FORMAT_CASES", default);
+    let seed = env_u64("SHMSLAB_FORMAT_SEED", DEFAULT_SEED);
+    let first = env_u64("SHMSLAB_FORMAT_FIRST", 0);
+    let mut failures = Vec::new();
+    for case in first..first + cases {
+        let mut rng = XorShift::new(seed ^ case.wrapping_mul(0xA076_1D64_78BD_642F));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&mut rng, case)))
+                .unwrap_or_else(|_| Err("panicked (message above)".to_string()));
+        if let Err(what) = outcome {
+            failures.push(format!(
+                "case {case}: {what}\n  replay: SHMSLAB_FORMAT_SEED={seed:#x} SHMSLAB_FORMAT_FIRST={case} \
+                 SHMSLAB_FORMAT_CASES=1 cargo test --test format {test}"
+            ));
+        }
+    }
+    println!(
+        "{test}: {cases} cases (seed {seed:#x}, first {first}), {} failed",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// An index into `weights`, picked with probability proportional to its
+/// weight.
+fn pick(rng: &mut XorShift, weights: &[u64]) -> usize {
+    let mut r = rng.below(weights.iter().sum());
+    for (i, &w) in weights.iter().enumerate() {
+        if r < w {
+            return i;
+        }
+        r -= w;
+    }
+    unreachable!("r < the sum of the weights")
+}
+
+/// A value in `lo..hi` (`lo < hi`).
+fn range(rng: &mut XorShift, lo: u64, hi: u64) -> u64 {
+    lo + rng.below(hi - lo)
+}
 
 /// One edit of the header region (the first `data_start` bytes).
 #[derive(Debug, Clone)]
@@ -691,69 +777,69 @@ enum Mutation {
     },
 }
 
-struct Fixture {
-    seg: Segment,
-    cases: AtomicUsize,
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| Fixture {
-        seg: Segment::new(),
-        cases: AtomicUsize::new(0),
-    })
+fn fixture() -> &'static Segment {
+    static FIXTURE: OnceLock<Segment> = OnceLock::new();
+    FIXTURE.get_or_init(Segment::new)
 }
 
 /// Offsets of interest, weighted toward the words that mean something.
-fn offset(header_len: usize) -> impl Strategy<Value = usize> {
-    let class_fields = (0..2usize, 0..(CLS_EXTENTS + 32)).prop_map(|(c, o)| class_entry(c) + o);
-    prop_oneof![
-        3 => 0..160usize,
-        3 => class_fields,
-        2 => 0..header_len,
-    ]
+fn offset(rng: &mut XorShift, header_len: usize) -> usize {
+    match pick(rng, &[3, 3, 2]) {
+        0 => range(rng, 0, 160) as usize,
+        1 => class_entry(rng.below(2) as usize) + rng.below(CLS_EXTENTS as u64 + 32) as usize,
+        _ => rng.below(header_len as u64) as usize,
+    }
 }
 
-fn word_offset(header_len: usize) -> impl Strategy<Value = usize> {
-    offset(header_len).prop_map(move |o| (o & !7).min(header_len - 8))
+fn word_offset(rng: &mut XorShift, header_len: usize) -> usize {
+    (offset(rng, header_len) & !7).min(header_len - 8)
 }
 
-fn interesting_value(seg: &Segment) -> impl Strategy<Value = u64> {
+fn interesting_value(rng: &mut XorShift, seg: &Segment) -> u64 {
     let cur = seg.current_size() as u64;
     let ds = seg.data_start() as u64;
     let len = seg.bytes.len() as u64;
-    prop_oneof![
-        Just(0u64),
-        Just(1),
-        Just(u64::MAX),
-        Just(u64::MAX / 2 + 1),
-        Just(u32::MAX as u64),
-        Just(1 << 32),
-        Just(ds),
-        Just(cur),
-        Just(len),
-        (0..64u64).prop_map(|k| k * PAGE),
-        (0..64u64).prop_map(move |d| cur.wrapping_add(d).wrapping_sub(32)),
-        (0..300u64),
-        any::<u64>(),
-    ]
+    match rng.below(13) {
+        0 => 0,
+        1 => 1,
+        2 => u64::MAX,
+        3 => u64::MAX / 2 + 1,
+        4 => u32::MAX as u64,
+        5 => 1 << 32,
+        6 => ds,
+        7 => cur,
+        8 => len,
+        9 => rng.below(64) * PAGE,
+        10 => cur.wrapping_add(rng.below(64)).wrapping_sub(32),
+        11 => rng.below(300),
+        _ => rng.next_u64(),
+    }
 }
 
-fn mutation(seg: &'static Segment) -> impl Strategy<Value = Mutation> {
+fn mutation(rng: &mut XorShift, seg: &Segment) -> Mutation {
     let header_len = seg.data_start();
     let file_len = seg.bytes.len();
-    prop_oneof![
-        4 => (offset(header_len), 0..8u8).prop_map(|(at, bit)| Mutation::FlipBit { at, bit }),
-        2 => (offset(header_len), prop::collection::vec(any::<u8>(), 1..24)).prop_map(
-            move |(at, mut bytes)| {
-                bytes.truncate(header_len - at);
-                Mutation::Overwrite { at, bytes }
-            }
-        ),
-        3 => (word_offset(header_len), interesting_value(seg))
-            .prop_map(|(at, value)| Mutation::SetWord { at, value }),
-        1 => (0..=file_len).prop_map(|len| Mutation::Truncate { len }),
-    ]
+    match pick(rng, &[4, 2, 3, 1]) {
+        0 => Mutation::FlipBit {
+            at: offset(rng, header_len),
+            bit: rng.below(8) as u8,
+        },
+        1 => {
+            let at = offset(rng, header_len);
+            let mut bytes: Vec<u8> = (0..range(rng, 1, 24))
+                .map(|_| rng.next_u64() as u8)
+                .collect();
+            bytes.truncate(header_len - at);
+            Mutation::Overwrite { at, bytes }
+        }
+        2 => Mutation::SetWord {
+            at: word_offset(rng, header_len),
+            value: interesting_value(rng, seg),
+        },
+        _ => Mutation::Truncate {
+            len: rng.below(file_len as u64 + 1) as usize,
+        },
+    }
 }
 
 fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
@@ -781,7 +867,7 @@ fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
 /// A successful attach of a mutated file: use it. Allocating 300 small
 /// slots outgrows the first extent, so growth runs on the mutated header
 /// too. Errors are fine; panics, and live slots that share bytes, are not.
-fn exercise(slab: &Slab) -> Result<(), TestCaseError> {
+fn exercise(slab: &Slab) -> Result<(), String> {
     let mut live = Vec::new();
     for i in 0..300u64 {
         match slab.alloc_bytes(if i % 8 == 0 { 200 } else { 16 }) {
@@ -792,13 +878,8 @@ fn exercise(slab: &Slab) -> Result<(), TestCaseError> {
     live.retain(|(h, i)| slab.write_bytes(h, 0, &i.to_ne_bytes()).is_ok());
     for (h, i) in &live {
         let mut back = [0u8; 8];
-        if slab.read_bytes(h, 0, &mut back).is_ok() {
-            prop_assert_eq!(
-                u64::from_ne_bytes(back),
-                *i,
-                "slot {:?} holds another live slot's bytes",
-                h
-            );
+        if slab.read_bytes(h, 0, &mut back).is_ok() && u64::from_ne_bytes(back) != *i {
+            return Err(format!("slot {h:?} holds another live slot's bytes"));
         }
     }
     for (h, _) in live {
@@ -812,49 +893,42 @@ fn exercise(slab: &Slab) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 10_000,
-        max_shrink_iters: 2_000,
-        // Failures become named regression tests in this file instead.
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
-
-    /// Whatever the header says, attach returns a typed result and never
-    /// panics; an attach that succeeds leaves a usable segment.
-    #[test]
-    fn mutated_headers_never_panic_and_give_typed_errors(
-        muts in prop::collection::vec(mutation(&fixture().seg), 1..5)
-    ) {
-        let fx = fixture();
-        let mut bytes = fx.seg.bytes.clone();
-        for m in &muts {
-            apply(&mut bytes, m);
-        }
-        let n = fx.cases.fetch_add(1, Ordering::Relaxed);
-        let path = fx.seg.write(&format!("case-{n}"), &bytes);
-        let outcome = Slab::attach(&path);
-        let result = match &outcome {
-            Ok(slab) => exercise(slab),
-            Err(
-                Error::EmptyFile { .. }
-                | Error::NotASegment { .. }
-                | Error::NotInitialized
-                | Error::UnsupportedVersion { .. }
-                | Error::WrongArchitecture { .. }
-                | Error::Truncated { .. }
-                | Error::Corrupt { .. }
-                | Error::PeerTableFull { .. },
-            ) => Ok(()),
-            Err(other) => Err(TestCaseError::fail(format!(
-                "attach failed with an unexpected error: {other:?}"
-            ))),
-        };
-        drop(outcome);
-        let _ = std::fs::remove_file(&path);
-        result?;
-    }
+/// Whatever the header says, attach returns a typed result and never
+/// panics; an attach that succeeds leaves a usable segment. 1 to 4
+/// mutations per case.
+#[test]
+fn mutated_headers_never_panic_and_give_typed_errors() {
+    let seg = fixture();
+    campaign(
+        "mutated_headers_never_panic_and_give_typed_errors",
+        HEADER_CASES,
+        |rng, case| {
+            let muts: Vec<Mutation> = (0..range(rng, 1, 5)).map(|_| mutation(rng, seg)).collect();
+            let mut bytes = seg.bytes.clone();
+            for m in &muts {
+                apply(&mut bytes, m);
+            }
+            let path = seg.write(&format!("case-{case}"), &bytes);
+            let outcome = Slab::attach(&path);
+            let result = match &outcome {
+                Ok(slab) => exercise(slab),
+                Err(
+                    Error::EmptyFile { .. }
+                    | Error::NotASegment { .. }
+                    | Error::NotInitialized
+                    | Error::UnsupportedVersion { .. }
+                    | Error::WrongArchitecture { .. }
+                    | Error::Truncated { .. }
+                    | Error::Corrupt { .. }
+                    | Error::PeerTableFull { .. },
+                ) => Ok(()),
+                Err(other) => Err(format!("attach failed with an unexpected error: {other:?}")),
+            };
+            drop(outcome);
+            let _ = std::fs::remove_file(&path);
+            result.map_err(|what| format!("{what}; mutations {muts:?}"))
+        },
+    );
 }
 
 /// One slot metadata word (`generation:32 | state:2 | payload:30`, see
@@ -865,63 +939,60 @@ struct MetaEdit {
     value: u64,
 }
 
-fn meta_edit(seg: &'static Segment) -> impl Strategy<Value = MetaEdit> {
-    let metas = |c: usize| {
-        let base = get(&seg.bytes, extent_entry(c, 0)) as usize;
-        let slots = get(&seg.bytes, extent_entry(c, 0) + 8) as usize;
-        (0..slots).prop_map(move |i| base + 8 * i)
+fn meta_edit(rng: &mut XorShift, seg: &Segment) -> MetaEdit {
+    let class = rng.below(2) as usize;
+    let base = get(&seg.bytes, extent_entry(class, 0)) as usize;
+    let slots = get(&seg.bytes, extent_entry(class, 0) + 8);
+    let at = base + 8 * rng.below(slots) as usize;
+    let value = match pick(rng, &[4, 1]) {
+        0 => {
+            let generation = match rng.below(4) {
+                0 => 0,
+                1 => 1,
+                2 => u32::MAX as u64,
+                _ => rng.next_u64() as u32 as u64,
+            };
+            let state = rng.below(4);
+            let payload = match rng.below(5) {
+                0 => rng.below(8),
+                1 => (1 << 30) - 1,
+                2 => rng.below(300),
+                3 => rng.below(64) << 24 | rng.below(300),
+                _ => rng.below(1 << 30),
+            };
+            generation << 32 | state << 30 | payload
+        }
+        _ => rng.next_u64(),
     };
-    let payload = prop_oneof![
-        0..8u64,
-        Just((1 << 30) - 1),
-        0..300u64,
-        (0..64u64, 0..300u64).prop_map(|(e, i)| e << 24 | i),
-        0..(1u64 << 30),
-    ];
-    let generation = prop_oneof![
-        Just(0u64),
-        Just(1),
-        Just(u32::MAX as u64),
-        any::<u32>().prop_map(u64::from)
-    ];
-    let value = prop_oneof![
-        4 => (generation, 0..4u64, payload).prop_map(|(g, s, p)| g << 32 | s << 30 | p),
-        1 => any::<u64>(),
-    ];
-    (prop_oneof![metas(0), metas(1)], value).prop_map(|(at, value)| MetaEdit { at, value })
+    MetaEdit { at, value }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 3_000,
-        max_shrink_iters: 2_000,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
-
-    /// Slot metadata is written by every peer all the time: whatever it
-    /// holds, allocation, free, the checker and reclaim give typed results
-    /// and never panic or hand out one slot twice.
-    #[test]
-    fn mutated_slot_metadata_never_panics_or_aliases_slots(
-        edits in prop::collection::vec(meta_edit(&fixture().seg), 1..6)
-    ) {
-        let fx = fixture();
-        let mut bytes = fx.seg.bytes.clone();
-        for e in &edits {
-            put(&mut bytes, e.at, e.value);
-        }
-        let n = fx.cases.fetch_add(1, Ordering::Relaxed);
-        let path = fx.seg.write(&format!("meta-{n}"), &bytes);
-        let slab = Slab::attach(&path);
-        let result = match &slab {
-            Ok(slab) => exercise(slab),
-            Err(e) => Err(TestCaseError::fail(format!(
-                "slot metadata is not checked at attach, yet attach failed: {e:?}"
-            ))),
-        };
-        drop(slab);
-        let _ = std::fs::remove_file(&path);
-        result?;
-    }
+/// Slot metadata is written by every peer all the time: whatever it holds,
+/// allocation, free, the checker and reclaim give typed results and never
+/// panic or hand out one slot twice. 1 to 5 edits per case.
+#[test]
+fn mutated_slot_metadata_never_panics_or_aliases_slots() {
+    let seg = fixture();
+    campaign(
+        "mutated_slot_metadata_never_panics_or_aliases_slots",
+        META_CASES,
+        |rng, case| {
+            let edits: Vec<MetaEdit> = (0..range(rng, 1, 6)).map(|_| meta_edit(rng, seg)).collect();
+            let mut bytes = seg.bytes.clone();
+            for e in &edits {
+                put(&mut bytes, e.at, e.value);
+            }
+            let path = seg.write(&format!("meta-{case}"), &bytes);
+            let slab = Slab::attach(&path);
+            let result = match &slab {
+                Ok(slab) => exercise(slab),
+                Err(e) => Err(format!(
+                    "slot metadata is not checked at attach, yet attach failed: {e:?}"
+                )),
+            };
+            drop(slab);
+            let _ = std::fs::remove_file(&path);
+            result.map_err(|what| format!("{what}; edits {edits:?}"))
+        },
+    );
 }

@@ -800,7 +800,8 @@ fn machine() -> String {
 }
 
 fn commit() -> String {
-    let dir = env!("CARGO_MANIFEST_DIR");
+    // The repository root: this crate is benches/.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .arg("-C")

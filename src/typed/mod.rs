@@ -29,6 +29,7 @@ use std::marker::PhantomData;
 /// use shmslab::{Schema, bytemuck::{Pod, Zeroable}};
 /// #[repr(C)]
 /// #[derive(Clone, Copy, Pod, Zeroable)]
+/// #[bytemuck(crate = "shmslab::bytemuck")]
 /// struct Stats { hits: u64, misses: u64 }
 /// impl Schema for Stats {
 ///     const SCHEMA_ID: Option<u64> = Some(0x5354_4154_5300_0001);

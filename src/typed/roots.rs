@@ -111,10 +111,11 @@ fn lock_roots<M: Memory>(pool: &Pool<M>, me: Owner) -> Result<SharedGuard<'_>> {
 /// The ready entry named `name`, if any. Caller holds the roots lock.
 fn find<M: Memory>(pool: &Pool<M>, name: &str) -> Result<Option<(usize, Entry)>> {
     for i in 0..pool.geo.config.root_capacity {
-        if let Some(e) = read_ready(pool, i)?
-            && e.name == name.as_bytes()
-        {
-            return Ok(Some((i, e)));
+        // Not a let chain: those need Rust 1.88, and rust-version is 1.86.
+        if let Some(e) = read_ready(pool, i)? {
+            if e.name == name.as_bytes() {
+                return Ok(Some((i, e)));
+            }
         }
     }
     Ok(None)
