@@ -137,6 +137,10 @@ impl Origin {
     }
 }
 
+/// How long [`ForkLocalFile::open`] waits for a fork in flight in another
+/// thread to finish before it opens anyway.
+const FORK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A file whose open file description carries this process's liveness
 /// locks: closed in every forked child (see the module doc), and never
 /// closed or unlocked by a drop in one.
@@ -153,10 +157,14 @@ impl ForkLocalFile {
     /// fork may have copied it before it was recorded.
     pub(crate) fn open(mut open: impl FnMut() -> io::Result<File>) -> Result<Self> {
         let origin = Origin::here()?;
+        let patience = std::time::Instant::now() + FORK_PATIENCE;
         loop {
             let begun = FORKS_BEGUN.load(Ordering::SeqCst);
-            if FORKS_DONE.load(Ordering::SeqCst) != begun {
+            if FORKS_DONE.load(Ordering::SeqCst) != begun && std::time::Instant::now() < patience {
                 // A fork is in flight in another thread: it takes moments.
+                // Not forever: another library's prepare handler may wait on
+                // a lock our caller holds. Past the patience the open goes
+                // ahead, and that one child may keep an unrecorded copy.
                 std::thread::yield_now();
                 continue;
             }
