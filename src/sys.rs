@@ -81,6 +81,15 @@ pub(crate) fn fill_holes(file: &File, offset: u64, len: u64) -> io::Result<()> {
     }
 }
 
+/// Whether `file` has fewer 512-byte blocks than its length needs: a hole
+/// somewhere (a sparse copy, or a grower that did not reserve). A file every
+/// byte of which has its block (what growth's `fallocate` leaves) has none.
+pub(crate) fn may_have_holes(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    Ok(meta.blocks().saturating_mul(512) < meta.len())
+}
+
 /// The first hole in `[offset, offset + len)` by `lseek(SEEK_HOLE)`, or
 /// `None` (also where the filesystem cannot tell). Moves the file offset,
 /// which the crate does not use, and puts it back.

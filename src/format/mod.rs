@@ -540,8 +540,15 @@ impl Geometry {
         for _ in 0..16 {
             match Geometry::load(mem, mem.len()) {
                 Err(Error::Truncated { expected, actual }) if expected > mem.len() => {
-                    if mem.observe(expected).is_err() {
-                        return Err(Error::Truncated { expected, actual });
+                    match mem.observe(expected) {
+                        Ok(()) => {}
+                        Err(Error::Truncated { .. }) => {
+                            return Err(Error::Truncated { expected, actual });
+                        }
+                        // Mapping the rest failed for another reason (its
+                        // holes could not be filled on a full disk, say):
+                        // that reason, not a misleading "truncated".
+                        Err(e) => return Err(e),
                     }
                 }
                 other => return other,
