@@ -33,6 +33,7 @@ pub(crate) fn heap_processes_capped(
         peer_capacity: processes.max(1) + 1,
         page_size: page,
         max_size,
+        lifetime: crate::lifetime::FileLifetime::Keep,
     };
     let geo = Geometry::new(config, 0x5eed).expect("config");
     let mem = Arc::new(HeapRegion::with_capacity(geo.data_start as usize, capacity));
