@@ -244,7 +244,13 @@ pub(crate) fn acquire<'a, M: Memory>(
     let mut spins: u32 = 0;
     let mut backoff = Backoff::new(hold_limit);
     loop {
-        let cur = word.load(Ordering::Relaxed);
+        // Acquire, pairing with the taker's Release below: a waiter that
+        // sees a token also sees its holder's peer row as the holder left it
+        // before taking the lock (live, this incarnation). A relaxed load
+        // could see the token with the row still empty from before the
+        // holder registered — "dead" — and take a live holder's lock (the
+        // loom model of an attach racing the last detach found this).
+        let cur = word.load(Ordering::Acquire);
         // A free word is taken; a held one only from a holder known dead,
         // and the taker is told to repair.
         let recovered = cur != 0;
@@ -264,7 +270,7 @@ pub(crate) fn acquire<'a, M: Memory>(
             }
         }
         if word
-            .compare_exchange(cur, owner.token, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(cur, owner.token, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
             let guard = SharedGuard {
