@@ -53,6 +53,17 @@ pub(crate) fn heap_processes_capped(
         .collect()
 }
 
+/// Another process on `pool`'s segment (its own pool, the same simulated
+/// liveness), not yet registered as a peer: an attacher in the making.
+pub(crate) fn unregistered(pool: &TestPool) -> TestPool {
+    let live = match &pool.liveness {
+        Liveness::Simulated { dead } => Liveness::Simulated { dead: dead.clone() },
+        Liveness::File => unreachable!("test pools simulate liveness"),
+    };
+    let geo = Geometry::load(&pool.mem, pool.mem.len() as u64).expect("load");
+    Pool::new(pool.mem.clone(), geo, live).expect("pool")
+}
+
 /// One pool (one process) with `peers` owners registered in it, as if
 /// several processes shared one process-local state. Enough for tests
 /// that do not exercise cross-process locking.
