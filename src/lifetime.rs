@@ -219,7 +219,7 @@ fn others_attached<M: Memory>(pool: &Pool<M>, own: usize) -> Result<bool> {
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::pool::testing::{heap_processes, kill};
+    use crate::pool::testing::{heap_processes, kill, unregistered};
 
     const CLASSES: &[u64] = &[64];
 
@@ -263,6 +263,12 @@ mod tests {
         let err = admit(&late, late_me, || finished = true).unwrap_err();
         assert!(matches!(err, Error::SegmentRemoved), "{err}");
         assert!(finished, "admission finishes a removal it finds marked");
+        crate::peers::withdraw(&late, 2).expect("withdraw");
+        // One that registers only now is refused too.
+        let later = unregistered(&ps[1].0);
+        let (_, later_me) = crate::peers::register(&later).expect("register");
+        let err = admit(&later, later_me, || {}).unwrap_err();
+        assert!(matches!(err, Error::SegmentRemoved), "{err}");
         // The last one leaves: the path may be a new file now, not removed.
         assert!(!leave(&ps[1].0, 1, ps[1].1, Departure::RemoveIfLast));
     }

@@ -845,7 +845,9 @@ proptest! {
                 | Error::WrongArchitecture { .. }
                 | Error::Truncated { .. }
                 | Error::Corrupt { .. }
-                | Error::PeerTableFull { .. },
+                | Error::PeerTableFull { .. }
+                // The header's `removed` word set.
+                | Error::SegmentRemoved,
             ) => Ok(()),
             Err(other) => Err(TestCaseError::fail(format!(
                 "attach failed with an unexpected error: {other:?}"

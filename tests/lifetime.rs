@@ -52,7 +52,10 @@ fn a_kept_file_outlives_the_process_that_created_it() {
     }
     if let Some(args) = child_args("later") {
         let slab = Slab::attach(&args[0]).expect("a later process attaches");
-        let h = slab.root::<u64>("answer").expect("root").expect("made by the creator");
+        let h = slab
+            .root::<u64>("answer")
+            .expect("root")
+            .expect("made by the creator");
         assert_eq!(slab.read(h).expect("read"), 42);
         return;
     }
@@ -123,7 +126,10 @@ fn hold_then_leave(args: &[String]) {
     let h = slab.alloc([1u64; 4]).expect("alloc");
     say("attached", slab.peers().expect("peers").len());
     hear_exactly("leave");
-    assert!(path.exists(), "the file was removed while this process was attached");
+    assert!(
+        path.exists(),
+        "the file was removed while this process was attached"
+    );
     assert_eq!(slab.read(h).expect("read"), [1; 4]);
     slab.free(h).expect("free");
     say("left", slab.detach().expect("detach"));
@@ -147,7 +153,10 @@ fn the_last_of_several_processes_to_detach_removes_the_file() {
         c.expect("attached", MSG_TIMEOUT);
     }
     // The creator leaves first: three are still attached.
-    assert!(!creator.detach().expect("detach"), "the creator was not last");
+    assert!(
+        !creator.detach().expect("detach"),
+        "the creator was not last"
+    );
     assert!(path.exists(), "the creator's detach removed a file in use");
     let last = children.len() - 1;
     for (i, c) in children.iter_mut().enumerate() {
@@ -181,7 +190,10 @@ fn a_killed_last_process_leaves_the_file_until_a_later_one_detaches() {
     let report = later.reclaim_dead().expect("reclaim");
     assert_eq!(report.peers, 1);
     assert!(report.slots >= 1, "the dead process's slot was not freed");
-    assert!(later.detach().expect("detach"), "the later process was last");
+    assert!(
+        later.detach().expect("detach"),
+        "the later process was last"
+    );
     assert!(!path.exists());
 }
 
@@ -194,7 +206,12 @@ fn keep_file_keeps_a_file_its_last_process_would_remove() {
     assert!(!slab.detach().expect("detach"));
     assert!(path.exists());
     // The next last detacher removes it.
-    assert!(Slab::attach(&path).expect("attach").detach().expect("detach"));
+    assert!(
+        Slab::attach(&path)
+            .expect("attach")
+            .detach()
+            .expect("detach")
+    );
     assert!(!path.exists());
 }
 
@@ -238,7 +255,10 @@ fn a_removal_cut_short_before_the_unlink_is_finished_by_the_next_attacher() {
     drop(file);
     let err = Slab::attach(&path).unwrap_err();
     assert!(matches!(err, Error::SegmentRemoved), "{err}");
-    assert!(!path.exists(), "the refused attacher did not finish the removal");
+    assert!(
+        !path.exists(),
+        "the refused attacher did not finish the removal"
+    );
 }
 
 /// A child of the race tests: for each round, attach when told (`attach`
@@ -322,16 +342,25 @@ fn two_last_detachers_racing_remove_the_file_exactly_once() {
         for (i, c) in children.iter_mut().enumerate() {
             let left = c.expect("left", MSG_TIMEOUT);
             let (r, there) = left.split_once(' ').expect("two words");
-            assert_eq!(there, "true", "round {round}: the file went while child {i} was attached");
+            assert_eq!(
+                there, "true",
+                "round {round}: the file went while child {i} was attached"
+            );
             if r == "true" {
                 removed += 1;
                 tally[i] += 1;
             }
         }
-        assert_eq!(removed, 1, "round {round}: {removed} detachers removed the file");
+        assert_eq!(
+            removed, 1,
+            "round {round}: {removed} detachers removed the file"
+        );
         assert!(!path.exists(), "round {round}: the file stayed");
     }
-    eprintln!("removed by the first child {} times, by the second {}", tally[0], tally[1]);
+    eprintln!(
+        "removed by the first child {} times, by the second {}",
+        tally[0], tally[1]
+    );
     for c in &mut children {
         c.send("exit");
         c.wait_success(MSG_TIMEOUT);
@@ -370,7 +399,10 @@ fn an_attach_racing_the_last_detach_joins_a_file_that_stays_or_is_refused() {
             // left last.
             ("joined", d) => {
                 let (j, j_there) = m.payload.split_once(' ').expect("two words");
-                assert_eq!(j_there, "true", "round {round}: the file went under the joiner");
+                assert_eq!(
+                    j_there, "true",
+                    "round {round}: the file went under the joiner"
+                );
                 assert_ne!(j, d, "round {round}: joiner removed {j}, detacher {d}");
             }
             // Too late: the detacher removed the file; the joiner got a
@@ -384,7 +416,14 @@ fn an_attach_racing_the_last_detach_joins_a_file_that_stays_or_is_refused() {
             other => panic!("round {round}: joiner {m:?}, detacher removed {other:?}"),
         }
         let outcome = match m.key.as_str() {
-            "joined" => format!("joined, {} last", if detacher_removed == "true" { "detacher" } else { "joiner" }),
+            "joined" => format!(
+                "joined, {} last",
+                if detacher_removed == "true" {
+                    "detacher"
+                } else {
+                    "joiner"
+                }
+            ),
             _ => format!("refused ({})", m.payload),
         };
         *outcomes.entry(outcome).or_default() += 1;
@@ -414,7 +453,10 @@ fn an_unlinked_segment_has_no_path_and_is_joined_by_descriptor() {
             .expect("open the parent's descriptor");
         let slab = Slab::attach_fd(file.into()).expect("attach_fd");
         assert_eq!(slab.lifetime(), FileLifetime::Unlinked);
-        let h = slab.root::<u64>("n").expect("root").expect("made by the parent");
+        let h = slab
+            .root::<u64>("n")
+            .expect("root")
+            .expect("made by the parent");
         slab.update(h, |n| *n += 1).expect("update");
         return;
     }
@@ -427,7 +469,11 @@ fn an_unlinked_segment_has_no_path_and_is_joined_by_descriptor() {
     assert!(!path.exists(), "an Unlinked segment kept its path");
     assert!(Slab::attach(&path).is_err());
     let h = slab.root_or_insert("n", 40u64).expect("root");
-    let fd = format!("/proc/{}/fd/{}", std::process::id(), slab.as_fd().as_raw_fd());
+    let fd = format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        slab.as_fd().as_raw_fd()
+    );
     for _ in 0..2 {
         let out = common::run_child(TEST, "joiner", &[&fd], MSG_TIMEOUT);
         common::assert_child_succeeded(&out);

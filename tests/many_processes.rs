@@ -59,7 +59,10 @@ fn hold_until_go(path: &str) {
     println!("@@attached {pid}");
     std::io::stdout().flush().expect("flush");
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).expect("read go");
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .expect("read go");
     if line.trim() != "go" {
         report(&format!("expected go, got {line:?}"));
     }
@@ -128,7 +131,9 @@ fn hundreds_of_processes_attach_to_one_segment_at_once() {
     assert_eq!(allocated, n as u64 * SLOTS);
     for c in &mut children {
         let stdin = c.stdin.as_mut().expect("piped stdin");
-        writeln!(stdin, "go").and_then(|_| stdin.flush()).expect("send go");
+        writeln!(stdin, "go")
+            .and_then(|_| stdin.flush())
+            .expect("send go");
     }
     for (i, (mut c, mut r)) in children.into_iter().zip(readers).enumerate() {
         let mut rest = String::new();

@@ -351,9 +351,7 @@ impl Backoff {
                 return false;
             }
             let due = match self.asked {
-                Some(last) if last >= since => {
-                    now.duration_since(last) >= Duration::from_millis(2)
-                }
+                Some(last) if last >= since => now.duration_since(last) >= Duration::from_millis(2),
                 _ => true,
             };
             if due {
