@@ -271,6 +271,17 @@ pub enum Error {
         /// `EOPNOTSUPP`).
         errno: i32,
     },
+
+    /// The segment's file was removed: its last attached process detached
+    /// ([`FileLifetime::RemoveWhenLastDetaches`](crate::FileLifetime)), or a
+    /// process called [`Slab::remove_file_on_drop`](crate::Slab::remove_file_on_drop),
+    /// after this process opened it but before it could join. Processes that
+    /// were attached keep working; no new one may attach. Create the segment
+    /// anew.
+    #[error(
+        "the segment was removed (its last process detached, or one removed it) after this process opened the file; nothing new may attach to it: create it again"
+    )]
+    SegmentRemoved,
 }
 
 /// `Result` with [`Error`].
@@ -308,6 +319,7 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> Self {
         match e {
             Error::Io { source, .. } => source,
+            e @ Error::SegmentRemoved => io::Error::new(io::ErrorKind::NotFound, e),
             other => io::Error::other(other),
         }
     }

@@ -74,6 +74,7 @@ mod fault;
 mod fork;
 mod format;
 mod inspect;
+mod lifetime;
 mod peers;
 mod pool;
 mod region;
@@ -90,9 +91,10 @@ pub use format::{
     SlotRef,
 };
 pub use inspect::{PeerSnapshot, Snapshot, inspect};
+pub use lifetime::FileLifetime;
 pub use peers::{PeerInfo, ReclaimReport};
 pub use region::{FileCleanup, HeapRegion, MmapRegion, Region, RegionOptions};
-pub use slab::{ClassStats, DEFAULT_CLASSES, Slab, SlabBuilder, Stats};
+pub use slab::{ClassStats, DEFAULT_CLASSES, DEFAULT_PEERS, Slab, SlabBuilder, Stats};
 pub use typed::{Handle, RootInfo, Schema, SliceHandle};
 
 /// The `bytemuck` that shmslab's `Pod` bounds refer to, so a crate can

@@ -19,6 +19,7 @@
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
 use crate::format::{self, Meta, SlotState, peer};
+use crate::lifetime::{self, Departure};
 use crate::pool::{Liveness, Owner, PEER_LOCK_BASE, Pool, liveness_lock_error, retire_if};
 use crate::region::Memory;
 use crate::sync::Ordering;
@@ -153,20 +154,41 @@ fn unlock_row<M: Memory>(pool: &Pool<M>, row: usize) {
 /// Clean detach: slots this peer still has cached go back to the free
 /// lists; slots it allocated and did not free are handed to the segment
 /// (owner 0), since other processes may hold their handles. Then the row is
-/// cleared. `scan` is false when the peer never allocated anything.
-pub(crate) fn detach<M: Memory>(pool: &Pool<M>, row: usize, me: Owner, scan: bool) -> Result<()> {
+/// cleared, after the file's fate is decided as `how` says (see
+/// `crate::lifetime`; `unlink` removes the path). `scan` is false when the
+/// peer never allocated anything. Returns whether the file was removed.
+pub(crate) fn detach<M: Memory>(
+    pool: &Pool<M>,
+    row: usize,
+    me: Owner,
+    scan: bool,
+    how: Departure,
+    unlink: impl FnOnce() -> bool,
+) -> Result<bool> {
     if scan {
         for c in 0..pool.class_count() {
             // A class that cannot be handed over leaves the row live: once
             // this process's descriptor closes, the row reads as dead and
             // reclaim frees what it still owns. Emptying it would leave
-            // those slots to whoever takes the row next.
+            // those slots to whoever takes the row next. (The file stays,
+            // as a dead process's would.)
             release_owned(pool, c, me, me.id, &HashSet::new(), Disposal::Detach)?;
         }
     }
-    let base = pool.geo.peer_row(row);
-    pool.table_word(base + peer::STATE)?
-        .store(peer::EMPTY, Ordering::Release);
+    let state = pool.table_word(pool.geo.peer_row(row) + peer::STATE)?;
+    let removed = lifetime::depart(pool, row, me, how, unlink, || {
+        state.store(peer::EMPTY, Ordering::Release);
+        Ok(())
+    });
+    unlock_row(pool, row);
+    removed
+}
+
+/// Gives back the row of a peer that registered but is not let in (see
+/// `crate::lifetime::admit`): it owns nothing yet.
+pub(crate) fn withdraw<M: Memory>(pool: &Pool<M>, row: usize) -> Result<()> {
+    let state = pool.table_word(pool.geo.peer_row(row) + peer::STATE)?;
+    state.store(peer::EMPTY, Ordering::Release);
     unlock_row(pool, row);
     Ok(())
 }

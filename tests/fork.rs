@@ -18,7 +18,7 @@ mod common;
 
 use common::child_args;
 use common::live::{LiveChild, hear, new_segment, say, segment_dir};
-use shmslab::{FileCleanup, MmapRegion, Slab};
+use shmslab::{FileCleanup, FileLifetime, MmapRegion, Slab};
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -412,7 +412,7 @@ fn a_slab_on_a_file_unlinked_at_create_opens_its_own_liveness_description() {
     let dir = segment_dir();
     let path = dir.path().join("unlinked.shm");
     let slab = Slab::builder()
-        .cleanup(FileCleanup::Auto)
+        .lifetime(FileLifetime::Unlinked)
         .create(&path)
         .expect("create, unlinked at once");
     assert!(!path.exists());

@@ -920,7 +920,9 @@ fn mutated_headers_never_panic_and_give_typed_errors() {
                     | Error::WrongArchitecture { .. }
                     | Error::Truncated { .. }
                     | Error::Corrupt { .. }
-                    | Error::PeerTableFull { .. },
+                    | Error::PeerTableFull { .. }
+                    // The header's `removed` word set.
+                    | Error::SegmentRemoved,
                 ) => Ok(()),
                 Err(other) => Err(format!("attach failed with an unexpected error: {other:?}")),
             };

@@ -57,9 +57,11 @@ fn a_class_that_runs_dry_grows_by_an_extent_and_allocation_goes_on() {
 #[test]
 fn allocation_falls_through_to_a_larger_class_only_when_growth_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    // Room for the header, one extent of class 0 and one of class 1.
+    // Room for the header (with a 64-row peer table), one extent of class 0
+    // and one of class 1.
     let slab = Slab::builder()
         .classes(&[64, 1024])
+        .peers(64)
         .initial_size(64 << 10)
         .max_size(64 << 10)
         .create(dir.path().join("capped.shm"))

@@ -6,8 +6,8 @@
 //!
 //! ```text
 //! 0            header: magic (written last), version, arch tag, page size,
-//!              segment id, table layout, current_size, generation,
-//!              lock words, growth journal
+//!              segment id, table layout, file lifetime, current_size,
+//!              generation, lock words, growth journal
 //! 512          class table: per class {slot size, first extent slots,
 //!              extent count, free head, free count, fresh cursor, lock,
 //!              extents[64] of {offset, slots}}
@@ -27,6 +27,7 @@ pub use slot::{MAX_EXTENTS, MAX_SLOTS_PER_EXTENT, SlotRef};
 pub(crate) use slot::{Meta, SlotId, SlotState};
 
 use crate::error::{Error, Result};
+use crate::lifetime::FileLifetime;
 use crate::region::Memory;
 use crate::sync::{AtomicU64, Ordering};
 
@@ -74,6 +75,12 @@ pub(crate) mod hdr {
     pub const MAX_SIZE: u64 = 80;
     pub const MAX_EXTENTS: u64 = 88;
     pub const CREATED_AT: u64 = 96;
+    /// The file's lifetime (`FileLifetime`): 0 keep, 1 remove when the last
+    /// process detaches, 2 unlinked at create. Written at create.
+    pub const LIFETIME: u64 = 104;
+    /// Non-zero once a process has removed the file (atomic, changed only
+    /// under the lifetime lock): attach refuses such a segment.
+    pub const REMOVED: u64 = 112;
     /// End of the last published extent (atomic).
     pub const CURRENT_SIZE: u64 = 128;
     /// Bumped by every growth (atomic).
@@ -86,6 +93,11 @@ pub(crate) mod hdr {
     pub const GROW_PROGRESS: u64 = 160;
     /// The root-table lock's progress word.
     pub const ROOTS_PROGRESS: u64 = 168;
+    /// The lifetime lock word: attach's admission and the last detacher's
+    /// decision run under it (see `lifetime`).
+    pub const LIFETIME_LOCK: u64 = 176;
+    /// The lifetime lock's progress word.
+    pub const LIFETIME_PROGRESS: u64 = 184;
     /// Growth journal: state, class, extent, offset, bytes, slots.
     pub const JOURNAL: u64 = 192;
     pub const END: u64 = 512;
@@ -174,6 +186,7 @@ pub(crate) struct Config {
     pub peer_capacity: usize,
     pub page_size: u64,
     pub max_size: u64,
+    pub lifetime: FileLifetime,
 }
 
 impl Config {
@@ -339,6 +352,7 @@ impl Geometry {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         w(hdr::CREATED_AT, now)?;
+        w(hdr::LIFETIME, c.lifetime.to_word())?;
         w(hdr::CURRENT_SIZE, self.data_start)?;
         for (i, &size) in c.class_sizes.iter().enumerate() {
             let e = self.class_entry(i);
@@ -437,12 +451,16 @@ impl Geometry {
         for i in 0..class_count {
             class_sizes.push(r(hdr::END + cls::ENTRY_BYTES * i + cls::SLOT_SIZE)?);
         }
+        let lifetime = r(hdr::LIFETIME)?;
+        let lifetime = FileLifetime::from_word(lifetime)
+            .ok_or_else(|| Error::corrupt(format!("file lifetime {lifetime}")))?;
         let config = Config {
             class_sizes,
             root_capacity: root_capacity as usize,
             peer_capacity: peer_capacity as usize,
             page_size,
             max_size,
+            lifetime,
         };
         config.check().map_err(|e| match e {
             Error::InvalidConfig { reason } => Error::corrupt(format!("header: {reason}")),

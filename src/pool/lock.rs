@@ -244,7 +244,13 @@ pub(crate) fn acquire<'a, M: Memory>(
     let mut spins: u32 = 0;
     let mut backoff = Backoff::new(hold_limit);
     loop {
-        let cur = word.load(Ordering::Relaxed);
+        // Acquire, pairing with the taker's Release below: a waiter that
+        // sees a token also sees its holder's peer row as the holder left it
+        // before taking the lock (live, this incarnation). A relaxed load
+        // could see the token with the row still empty from before the
+        // holder registered — "dead" — and take a live holder's lock (the
+        // loom model of an attach racing the last detach found this).
+        let cur = word.load(Ordering::Acquire);
         // A free word is taken; a held one only from a holder known dead,
         // and the taker is told to repair.
         let recovered = cur != 0;
@@ -264,7 +270,7 @@ pub(crate) fn acquire<'a, M: Memory>(
             }
         }
         if word
-            .compare_exchange(cur, owner.token, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(cur, owner.token, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
             let guard = SharedGuard {
@@ -324,20 +330,29 @@ impl Backoff {
         }
     }
 
-    /// Whether to ask the kernel if the holder lives (a syscall): after a
-    /// millisecond of waiting, then every two. By time, not by rounds: on a
-    /// busy machine a yield can take a millisecond, and a dead holder's lock
-    /// should not cost hundreds of them.
+    /// Whether to ask the kernel if the holder lives (a syscall): once the
+    /// holder has shown no change for a millisecond, then every two. By
+    /// time, not by rounds: on a busy machine a yield can take a
+    /// millisecond, and a dead holder's lock should not cost hundreds of
+    /// them. Not while the holder changes: a lock word or progress word
+    /// that moved was moved by someone alive. With hundreds of processes
+    /// queued on one lock, asking after a millisecond of *waiting* had every
+    /// waiter query every 2 ms, each query walking the kernel's list of all
+    /// the file's OFD locks — work that grew as the square of the processes
+    /// and starved the holders (1000 processes took 6 minutes to detach).
     fn time_to_ask(&mut self) -> bool {
         #[cfg(not(loom))]
         {
-            let Some(started) = self.started else {
+            let Some((_, since)) = self.seen else {
                 return false;
             };
             let now = Instant::now();
+            if now.duration_since(since) < Duration::from_millis(1) {
+                return false;
+            }
             let due = match self.asked {
-                None => now.duration_since(started) >= Duration::from_millis(1),
-                Some(last) => now.duration_since(last) >= Duration::from_millis(2),
+                Some(last) if last >= since => now.duration_since(last) >= Duration::from_millis(2),
+                _ => true,
             };
             if due {
                 self.asked = Some(now);

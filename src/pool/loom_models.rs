@@ -4,7 +4,7 @@
 //! Run: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_models`
 
 use super::Owner;
-use super::testing::{TestPool, heap_processes, kill};
+use super::testing::{TestPool, heap_processes, kill, unregistered};
 use crate::error::Error;
 use crate::format::{LAST_GENERATION, Meta, SlotRef, SlotState};
 use crate::sync::Ordering;
@@ -290,5 +290,47 @@ fn loom_models_two_root_or_insert_on_one_name_make_one_object() {
         let allocated: u64 = report.classes.iter().map(|c| c.allocated).sum();
         assert_eq!(allocated, 1, "the loser allocated too");
         assert_eq!(report.roots, 1);
+    });
+}
+
+/// A clean detach deciding the file's fate as `RemoveWhenLastDetaches`
+/// does; whether it removed the file (`unlink` always succeeds here).
+fn leave_last(p: &TestPool, row: usize, o: Owner) -> bool {
+    use crate::lifetime::Departure;
+    crate::peers::detach(p, row, o, false, Departure::RemoveIfLast, || true).unwrap()
+}
+
+#[test]
+fn loom_models_two_last_detachers_remove_the_file_exactly_once() {
+    model(|| {
+        let [(p0, o0), (p1, o1)] = processes();
+        let t = thread::spawn(move || leave_last(&p1, 1, o1));
+        let mine = leave_last(&p0, 0, o0);
+        let theirs = t.join().unwrap();
+        // Neither both (a second unlink could hit a new file at the path)
+        // nor neither (the file would outlive every process).
+        assert!(mine ^ theirs, "mine {mine} theirs {theirs}");
+    });
+}
+
+#[test]
+fn loom_models_an_attach_racing_the_last_detach_joins_or_is_refused() {
+    model(|| {
+        let [(p0, o0)] = processes();
+        let p1 = Arc::new(unregistered(&p0));
+        let attacher = thread::spawn(move || {
+            // Row 1, or row 0 once the detacher has emptied it.
+            let (_, me) = crate::peers::register(&p1).unwrap();
+            crate::lifetime::admit(&p1, me, || {})
+        });
+        let removed = leave_last(&p0, 0, o0);
+        let admitted = attacher.join().unwrap();
+        match admitted {
+            // Let in: the detacher saw the attacher's row and kept the file.
+            Ok(()) => assert!(!removed, "a process was let into a removed segment"),
+            // Refused: only because the detacher removed the file.
+            Err(Error::SegmentRemoved) => assert!(removed, "refused a segment still there"),
+            Err(e) => panic!("admission: {e:?}"),
+        }
     });
 }

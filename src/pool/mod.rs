@@ -161,6 +161,8 @@ pub(crate) struct Pool<M: Memory> {
     grow_local: Mutex<()>,
     pub(crate) roots_local: Mutex<()>,
     pub(crate) reclaim_local: Mutex<()>,
+    /// The process-local half of the lifetime lock (`crate::lifetime`).
+    pub(crate) lifetime_local: Mutex<()>,
     /// How long a waiter lets a live holder keep a shared lock
     /// ([`lock::HOLD_LIMIT`]; unit tests shorten it).
     pub(crate) hold_limit: std::time::Duration,
@@ -206,6 +208,7 @@ impl<M: Memory> Pool<M> {
             grow_local: Mutex::new(()),
             roots_local: Mutex::new(()),
             reclaim_local: Mutex::new(()),
+            lifetime_local: Mutex::new(()),
             hold_limit: lock::HOLD_LIMIT,
         };
         // Start from the extents (and their sorted, disjoint ranges) that

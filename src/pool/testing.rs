@@ -33,6 +33,7 @@ pub(crate) fn heap_processes_capped(
         peer_capacity: processes.max(1) + 1,
         page_size: page,
         max_size,
+        lifetime: crate::lifetime::FileLifetime::Keep,
     };
     let geo = Geometry::new(config, 0x5eed).expect("config");
     let mem = Arc::new(HeapRegion::with_capacity(geo.data_start as usize, capacity));
@@ -50,6 +51,17 @@ pub(crate) fn heap_processes_capped(
             (pool, me)
         })
         .collect()
+}
+
+/// Another process on `pool`'s segment (its own pool, the same simulated
+/// liveness), not yet registered as a peer: an attacher in the making.
+pub(crate) fn unregistered(pool: &TestPool) -> TestPool {
+    let live = match &pool.liveness {
+        Liveness::Simulated { dead } => Liveness::Simulated { dead: dead.clone() },
+        Liveness::File => unreachable!("test pools simulate liveness"),
+    };
+    let geo = Geometry::load(&pool.mem, pool.mem.len() as u64).expect("load");
+    Pool::new(pool.mem.clone(), geo, live).expect("pool")
 }
 
 /// One pool (one process) with `peers` owners registered in it, as if

@@ -422,6 +422,20 @@ impl MmapRegion {
         self.owner = None;
     }
 
+    /// Unlinks the path if it still names this region's file (someone may
+    /// have replaced it, and their file is not ours to delete). Whether the
+    /// path is gone now because of this call.
+    pub(crate) fn unlink_if_ours(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.path.as_os_str().is_empty() {
+            return false;
+        }
+        let same = std::fs::symlink_metadata(&self.path)
+            .map(|m| (m.dev(), m.ino()) == self.identity)
+            .unwrap_or(false);
+        same && std::fs::remove_file(&self.path).is_ok()
+    }
+
     /// Opens the file again, as an open file description of this process's
     /// own for its liveness locks, which a forked child closes (see
     /// `crate::fork`). The mapping's descriptor holds no lock, so a child
@@ -607,17 +621,7 @@ impl Drop for MmapRegion {
         // The mappings unmap themselves when the vector drops. A forked
         // child's copy leaves the file to the process that owns it.
         if self.owner.is_some_and(|o| !o.is_elsewhere()) {
-            // Unlink only if the path still names our file: someone may have
-            // replaced it, and their file is not ours to delete.
-            let same = std::fs::symlink_metadata(&self.path)
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    (m.dev(), m.ino()) == self.identity
-                })
-                .unwrap_or(false);
-            if same {
-                let _ = std::fs::remove_file(&self.path);
-            }
+            self.unlink_if_ours();
         }
     }
 }

@@ -3,6 +3,7 @@
 use super::Slab;
 use crate::error::{Error, Result};
 use crate::format::{Config, Geometry};
+use crate::lifetime::FileLifetime;
 use crate::pool::{Liveness, Pool};
 use crate::region::{FileCleanup, RegionOptions};
 use crate::sys;
@@ -12,6 +13,13 @@ use std::path::Path;
 /// Address space reserved for a segment without a `max_size`: growth inside
 /// it needs no remap. Beyond it the mapping is remapped (doubling).
 pub(crate) const DEFAULT_RESERVE: u64 = 4 << 30;
+
+/// How many processes a segment holds at once unless
+/// [`SlabBuilder::peers`] says otherwise: a pre-forked server's or a worker
+/// pool's worth, at 64 bytes a row (64 KiB of the file). Empty rows cost
+/// attach, `reclaim_dead`, `check` and `inspect` one load each; only rows in
+/// use cost a kernel query.
+pub const DEFAULT_PEERS: usize = 1024;
 
 /// The default size classes: powers of two from 64 B to 1 MiB.
 pub const DEFAULT_CLASSES: [u64; 15] = [
@@ -55,7 +63,7 @@ pub struct SlabBuilder {
     peers: usize,
     mode: u32,
     replace: bool,
-    cleanup: FileCleanup,
+    lifetime: FileLifetime,
 }
 
 impl Default for SlabBuilder {
@@ -66,10 +74,10 @@ impl Default for SlabBuilder {
             max_size: 0,
             reserve: None,
             roots: 64,
-            peers: 64,
+            peers: DEFAULT_PEERS,
             mode: 0o600,
             replace: false,
-            cleanup: FileCleanup::Manual,
+            lifetime: FileLifetime::Keep,
         }
     }
 }
@@ -109,7 +117,9 @@ impl SlabBuilder {
         self
     }
 
-    /// How many processes may be attached at once. Default 64.
+    /// How many processes may be attached at once, 1 to
+    /// [`MAX_PEERS`](crate::MAX_PEERS) (64 bytes of the file each). Default
+    /// [`DEFAULT_PEERS`] (1024).
     pub fn peers(mut self, n: usize) -> Self {
         self.peers = n;
         self
@@ -127,11 +137,28 @@ impl SlabBuilder {
         self
     }
 
-    /// What happens to the file when the creating `Slab` drops.
-    /// Default [`FileCleanup::Manual`]: the creator removes it on drop
-    /// unless [`Slab::keep_file`] is called.
-    pub fn cleanup(mut self, cleanup: FileCleanup) -> Self {
-        self.cleanup = cleanup;
+    /// How long the file stays at its path: until removed
+    /// ([`FileLifetime::Keep`], the default), until the last process attached
+    /// detaches ([`FileLifetime::RemoveWhenLastDetaches`]), or not at all
+    /// ([`FileLifetime::Unlinked`]: shared by descriptor). Recorded in the
+    /// file, so every process that attaches follows it.
+    ///
+    /// ```
+    /// use shmslab::{FileLifetime, Slab};
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("job.shm");
+    /// let a = Slab::builder()
+    ///     .lifetime(FileLifetime::RemoveWhenLastDetaches)
+    ///     .create(&path)?;
+    /// let b = Slab::attach(&path)?;
+    /// drop(a); // the creator leaves first: b is still attached
+    /// assert!(path.exists());
+    /// assert!(b.detach()?); // the last one out removes the file
+    /// assert!(!path.exists());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lifetime(mut self, lifetime: FileLifetime) -> Self {
+        self.lifetime = lifetime;
         self
     }
 
@@ -144,6 +171,7 @@ impl SlabBuilder {
             peer_capacity: self.peers,
             page_size: sys::page_size(),
             max_size: self.max_size,
+            lifetime: self.lifetime,
         };
         let geo = Geometry::new(config, new_segment_id())?;
         let page = geo.config.page_size;
@@ -159,14 +187,22 @@ impl SlabBuilder {
         } else {
             DEFAULT_RESERVE
         });
+        // The region removes the file if anything below fails; once the
+        // segment is made, the lifetime decides instead (see `Slab::leave`).
+        let cleanup = match self.lifetime {
+            FileLifetime::Unlinked => FileCleanup::Auto,
+            FileLifetime::Keep | FileLifetime::RemoveWhenLastDetaches => FileCleanup::Manual,
+        };
         let mut region = RegionOptions::new()
             .mode(self.mode)
             .replace(self.replace)
             .reserve(reserve)
-            .create(path, size as usize, self.cleanup)?;
+            .create(path, size as usize, cleanup)?;
         region.open_lock_file()?;
         geo.initialise(&region)?;
-        Slab::open(Pool::new(region, geo, Liveness::File)?)
+        let mut slab = Slab::open(Pool::new(region, geo, Liveness::File)?)?;
+        slab.pool.mem.release_ownership();
+        Ok(slab)
     }
 }
 

@@ -5,12 +5,13 @@ mod cache;
 mod local;
 mod stats;
 
-pub use builder::{DEFAULT_CLASSES, SlabBuilder};
+pub use builder::{DEFAULT_CLASSES, DEFAULT_PEERS, SlabBuilder};
 pub use stats::{ClassStats, Stats};
 
 use crate::error::{Error, Result};
 use crate::fork::Origin;
 use crate::format::{LAST_GENERATION, SlotId, SlotRef};
+use crate::lifetime::{self, Departure, FileLifetime};
 use crate::peers::{self, ReclaimReport};
 use crate::pool::{Owner, Pool, SlotAddr};
 use crate::region::MmapRegion;
@@ -32,7 +33,10 @@ use std::path::Path;
 /// Dropping a `Slab` detaches: its cached slots go back to the shared lists
 /// and its live allocations are handed to the segment (they stay valid for
 /// other processes). A process that dies without dropping leaves its slots
-/// to [`reclaim_dead`](Slab::reclaim_dead).
+/// to [`reclaim_dead`](Slab::reclaim_dead). What happens to the file is the
+/// segment's [`FileLifetime`], chosen at create: by default
+/// ([`FileLifetime::Keep`]) it stays, whoever created it and whoever leaves
+/// last.
 ///
 /// A `Slab` belongs to the process that made it. In a child made by `fork`
 /// the inherited one (whose peer row, lock token and caches are the
@@ -72,6 +76,12 @@ pub struct Slab {
     /// Class for each size up to `SMALL_SIZES` in 16-byte steps.
     small_classes: Box<[u8]>,
     owns_slots: AtomicBool,
+    /// What detaching does with the file: the segment's lifetime, unless
+    /// [`Slab::keep_file`] or [`Slab::remove_file_on_drop`] said otherwise.
+    departure: Departure,
+    /// Set once the row is given back ([`Slab::detach`]), so drop does not
+    /// detach again.
+    detached: bool,
 }
 
 /// The error of a forked child's call (kept off the hot path).
@@ -118,6 +128,14 @@ impl Slab {
     fn open(pool: Pool<MmapRegion>) -> Result<Slab> {
         let origin = Origin::here()?;
         let (row, me) = peers::register(&pool)?;
+        // With the row registered, ask to be let in: a segment its last
+        // process removed (after we opened it) is refused, never joined.
+        if let Err(e) = lifetime::admit(&pool, me, || {
+            pool.mem.unlink_if_ours();
+        }) {
+            let _ = peers::withdraw(&pool, row);
+            return Err(e);
+        }
         // A growth a dead process cut short is finished now, not left for a
         // next growth that may never come (check() notes it until then).
         // Best effort: attach does not fail for it (a full disk, say) — the
@@ -138,6 +156,7 @@ impl Slab {
             }
             small_classes.push(c as u8);
         }
+        let departure = Departure::for_lifetime(pool.geo.config.lifetime);
         Ok(Slab {
             pool,
             row,
@@ -147,6 +166,8 @@ impl Slab {
             limits,
             small_classes: small_classes.into_boxed_slice(),
             owns_slots: AtomicBool::new(false),
+            departure,
+            detached: false,
         })
     }
 
@@ -165,17 +186,60 @@ impl Slab {
         &self.pool.geo.config.class_sizes
     }
 
-    /// Keep the file when this `Slab` drops, even if it created it.
-    pub fn keep_file(&mut self) {
-        self.pool.mem.release_ownership();
+    /// How long the segment's file stays at its path (chosen at create).
+    pub fn lifetime(&self) -> FileLifetime {
+        self.pool.geo.config.lifetime
     }
 
-    /// Remove the file when this `Slab` drops. Does nothing in a forked
-    /// child (the `Slab` is the parent's there, and so is the file).
+    /// Keep the file when this `Slab` detaches, whatever the segment's
+    /// [`FileLifetime`]: under `RemoveWhenLastDetaches`, if this is the last
+    /// process, the file stays (for a later process's last detach to
+    /// remove). Undoes [`remove_file_on_drop`](Self::remove_file_on_drop).
+    /// With `Keep` (the default) this is what happens anyway.
+    pub fn keep_file(&mut self) {
+        self.departure = Departure::Leave;
+    }
+
+    /// Remove the file when this `Slab` detaches, whatever the segment's
+    /// [`FileLifetime`] and whoever else is attached: they keep working, but
+    /// no process attaches after (one that opened the file already gets
+    /// [`Error::SegmentRemoved`]), and a later last detacher removes
+    /// nothing. Does nothing for an `Unlinked` segment (it has no path), or
+    /// in a forked child (the `Slab` is the parent's there, and so is the
+    /// file).
     pub fn remove_file_on_drop(&mut self) {
-        if !self.is_inherited() {
-            self.pool.mem.take_ownership();
+        if !self.is_inherited() && self.lifetime() != FileLifetime::Unlinked {
+            self.departure = Departure::Remove;
         }
+    }
+
+    /// Detaches now, as dropping does, and says whether this detach removed
+    /// the file (the last process of a `RemoveWhenLastDetaches` segment, or
+    /// [`remove_file_on_drop`](Self::remove_file_on_drop)).
+    ///
+    /// An error means the detach was not clean: a class's slots could not
+    /// be handed back (the row is then left to [`reclaim_dead`](Self::reclaim_dead),
+    /// as a dead process's would be, and the file stays), or the file's
+    /// fate could not be decided (the file stays).
+    pub fn detach(mut self) -> Result<bool> {
+        self.pool()?;
+        self.leave()
+    }
+
+    /// The clean detach behind [`detach`](Self::detach) and drop (once).
+    fn leave(&mut self) -> Result<bool> {
+        if std::mem::replace(&mut self.detached, true) {
+            return Ok(false);
+        }
+        let pool = &self.pool;
+        peers::detach(
+            pool,
+            self.row,
+            self.me,
+            self.owns_slots.load(Ordering::Relaxed),
+            self.departure,
+            || pool.mem.unlink_if_ours(),
+        )
     }
 
     /// The segment's growth counter: bumped every time an extent is added.
@@ -524,11 +588,16 @@ impl Drop for Slab {
         if self.origin.is_elsewhere() {
             return;
         }
-        let _ = peers::detach(
-            &self.pool,
-            self.row,
-            self.me,
-            self.owns_slots.load(Ordering::Relaxed),
-        );
+        let _ = self.leave();
+    }
+}
+
+/// The segment file's descriptor (the mapping's; it holds no lock). Hand a
+/// duplicate to another process — over a Unix socket (`SCM_RIGHTS`) or by
+/// inheritance — for [`Slab::attach_fd`]: the only way to join an
+/// [`Unlinked`](FileLifetime::Unlinked) segment.
+impl std::os::fd::AsFd for Slab {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(self.pool.mem.file())
     }
 }

@@ -62,7 +62,8 @@ enum Command {
     ///
     /// Attaches to the segment as a peer (this needs read and write access),
     /// reclaims the rows and slots of every process that died while attached,
-    /// reports what it freed, and detaches.
+    /// reports what it freed, and detaches (which removes the file of a
+    /// remove-when-last-detaches segment that no other process is attached to).
     Reclaim(ReclaimArgs),
 }
 
@@ -419,14 +420,24 @@ fn reclaim(a: &ReclaimArgs) -> u8 {
         .collect();
     let result = slab.reclaim_dead();
     // Detach cleanly before printing: attach registered this process as a
-    // peer, and dropping the Slab empties its row again.
-    drop(slab);
+    // peer, and detaching empties its row again. For a segment whose
+    // lifetime is RemoveWhenLastDetaches this may be the last detach, which
+    // removes the file (its last process died attached).
+    let removed = slab.detach().unwrap_or(false);
     match result {
         Ok(r) => {
             let out = if a.json {
                 pretty(&report::reclaim_json(path, &r, &dead))
             } else {
-                text::reclaim(path, &r, &dead)
+                let mut out = text::reclaim(path, &r, &dead);
+                if removed {
+                    out.push_str(&format!(
+                        "{}: removed the file: its lifetime is remove-when-last-detaches and no \
+                         other process is attached\n",
+                        path.display()
+                    ));
+                }
+                out
             };
             emit(&out);
             EXIT_OK
