@@ -278,10 +278,7 @@ impl Slab {
 
     /// The smallest class whose slots hold `size` bytes aligned to `align`.
     #[inline(always)]
-    pub(crate) fn class_for(&self, size: u64, align: u64) -> Result<usize> {
-        // First, so that a forked child's request fails the same whatever
-        // its size.
-        self.pool()?;
+    fn class_for(&self, size: u64, align: u64) -> Result<usize> {
         // Every slot is 16-aligned, so small sizes take a table lookup.
         if align <= 16 {
             if let Some(&c) = self.small_classes.get(size.div_ceil(16) as usize) {
@@ -324,8 +321,24 @@ impl Slab {
     /// ```
     #[inline(always)]
     pub fn alloc_bytes(&self, len: usize) -> Result<SlotRef> {
-        let c = self.class_for(len as u64, 1)?;
-        Ok(self.alloc_in(c, 1)?.0)
+        Ok(self.alloc_slot(len as u64, 1)?.1)
+    }
+
+    /// Allocates a slot for `size` bytes aligned to `align`: the one path of
+    /// every allocation. Returns the pool too, so the caller fills the slot
+    /// without checking for a fork again.
+    #[inline(always)]
+    pub(crate) fn alloc_slot(
+        &self,
+        size: u64,
+        align: u64,
+    ) -> Result<(&Pool<MmapRegion>, SlotRef, SlotAddr)> {
+        // First: a forked child's request fails the same whatever its size,
+        // and never reaches the cache (its copy holds the parent's slots).
+        let pool = self.pool()?;
+        let c = self.class_for(size, align)?;
+        let (raw, addr) = self.alloc_in(pool, c, align)?;
+        Ok((pool, raw, addr))
     }
 
     /// Allocates from class `first` or, when it is empty, the next larger
@@ -336,9 +349,12 @@ impl Slab {
     /// meet in a stack slot, written field by field and read back whole,
     /// which stalls store forwarding (a third of W1's time, measured).
     #[inline(always)]
-    pub(crate) fn alloc_in(&self, first: usize, align: u64) -> Result<(SlotRef, SlotAddr)> {
-        // Before the cache: a forked child's copy holds the parent's slots.
-        let pool = self.pool()?;
+    fn alloc_in(
+        &self,
+        pool: &Pool<MmapRegion>,
+        first: usize,
+        align: u64,
+    ) -> Result<(SlotRef, SlotAddr)> {
         let (c, id) = match self.cache() {
             Some(cache) => {
                 let mut cache = cache.borrow_mut();

@@ -241,9 +241,8 @@ impl Slab {
     /// ```
     #[inline(always)]
     pub fn alloc<T: Pod>(&self, value: T) -> Result<Handle<T>> {
-        let c = self.class_for(size_of::<T>() as u64, align_of::<T>() as u64)?;
-        let (raw, addr) = self.alloc_in(c, align_of::<T>() as u64)?;
-        self.pool()?.fill_new(addr, 0, bytemuck::bytes_of(&value))?;
+        let (pool, raw, addr) = self.alloc_slot(size_of::<T>() as u64, align_of::<T>() as u64)?;
+        pool.fill_new(addr, 0, bytemuck::bytes_of(&value))?;
         Ok(Handle::from_raw(raw))
     }
 
@@ -265,9 +264,7 @@ impl Slab {
     /// A slot of at least `bytes` bytes aligned to `align`, its first
     /// `bytes` bytes zeroed.
     fn alloc_zeroed_bytes(&self, bytes: u64, align: u64) -> Result<SlotRef> {
-        let c = self.class_for(bytes, align)?;
-        let (raw, addr) = self.alloc_in(c, align)?;
-        let pool = self.pool()?;
+        let (pool, raw, addr) = self.alloc_slot(bytes, align)?;
         let zeros = [0u8; 4096];
         let mut at = 0u64;
         while at < bytes {
