@@ -47,11 +47,10 @@ fn alloc(p: &TestPool, o: Owner) -> Result<SlotRef, Error> {
 /// Frees the way `Slab` does (the last life of a slot retires it), then
 /// flushes to the shared list.
 fn free(p: &TestPool, h: SlotRef, o: Owner) -> Result<(), Error> {
-    if h.generation() == LAST_GENERATION {
-        return p.retire(&h);
+    match p.release(&h, o)? {
+        Some((c, id)) => p.give(c, o, &[id]),
+        None => Ok(()),
     }
-    let (c, id) = p.release(&h, o)?;
-    p.give(c, o, &[id])
 }
 
 /// Every slot's state, and the free list agrees with the words.

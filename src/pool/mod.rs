@@ -428,32 +428,30 @@ impl<M: Memory> Pool<M> {
     }
 
     /// Frees the slot `h` names into `owner`'s cache: one CAS from
-    /// *allocated, generation g* to *cached by owner*. Returns the class and id.
-    ///
-    /// Not for a handle of the slot's last life ([`LAST_GENERATION`]): that
-    /// slot must not enter a cache, and [`retire`](Pool::retire) frees it.
-    /// The caller checks the handle's generation first (4 instructions per
-    /// W1 pair in all; deciding in here, with an `Option` result, measured
-    /// 13). A last life released here anyway is still never wrapped:
-    /// activation retires a cached slot in its last generation.
+    /// *allocated, generation g* to *cached by owner*. Returns the class and
+    /// id to cache, or `None` when `h` named the slot's last life
+    /// ([`LAST_GENERATION`]): such a slot must never enter a cache, so the
+    /// same CAS retires it instead ([`retire`](Pool::retire)).
     ///
     /// [`LAST_GENERATION`]: crate::format::LAST_GENERATION
     #[inline(always)]
-    pub(crate) fn release(&self, h: &SlotRef, owner: Owner) -> Result<(usize, SlotId)> {
-        debug_assert!(h.generation != LAST_GENERATION, "use retire");
+    pub(crate) fn release(&self, h: &SlotRef, owner: Owner) -> Result<Option<(usize, SlotId)>> {
+        if h.generation == LAST_GENERATION {
+            return self.retire(h).map(|()| None);
+        }
         let (c, id, addr) = self.check_ref(h)?;
         self.swap_live(addr, h, true, |m| {
             Meta::new(m.generation(), SlotState::Cached, owner.id)
         })?;
         crash_point("free.cas_done");
-        Ok((c, id))
+        Ok(Some((c, id)))
     }
 
     /// Frees the slot a handle of its last life names by retiring it, for
     /// good, so its generation never wraps to one an old handle has: the
     /// free's CAS, to *retired* (two racing frees still have one winner).
     #[cold]
-    pub(crate) fn retire(&self, h: &SlotRef) -> Result<()> {
+    fn retire(&self, h: &SlotRef) -> Result<()> {
         let (_, _, addr) = self.check_ref(h)?;
         self.swap_live(addr, h, true, |_| Meta::RETIRED)?;
         crash_point("free.cas_done");

@@ -10,7 +10,7 @@ pub use stats::{ClassStats, Stats};
 
 use crate::error::{Error, Result};
 use crate::fork::Origin;
-use crate::format::{LAST_GENERATION, SlotId, SlotRef};
+use crate::format::{SlotId, SlotRef};
 use crate::lifetime::{self, Departure, FileLifetime};
 use crate::peers::{self, ReclaimReport};
 use crate::pool::{Owner, Pool, SlotAddr};
@@ -472,11 +472,10 @@ impl Slab {
     pub fn free(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let h = handle.into();
         let pool = self.pool()?;
-        if h.generation == LAST_GENERATION {
-            // The slot's last life: it is retired, never cached again.
-            return pool.retire(&h);
-        }
-        let (c, id) = pool.release(&h, self.me)?;
+        // None: the slot's last life, retired rather than cached.
+        let Some((c, id)) = pool.release(&h, self.me)? else {
+            return Ok(());
+        };
         let Some(cache) = self.cache() else {
             return pool.give(c, self.me, &[id]);
         };
