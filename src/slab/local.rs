@@ -137,7 +137,7 @@ pub(crate) struct PerThread<T> {
 
 // SAFETY: the table hands out `&T` only to the thread holding the entry's
 // id, one thread at a time (ids pass between threads through the `IDS`
-// mutex), and values made on one thread may be used and dropped on another:
+// bitmap, Release on give-back, Acquire on take), and values made on one thread may be used and dropped on another:
 // so `T: Send` suffices, as for a `Mutex<T>`.
 unsafe impl<T: Send> Sync for PerThread<T> {}
 // SAFETY: as above; the table owns its values.
