@@ -399,7 +399,7 @@ fn check_roots<M: Memory>(pool: &Pool<M>, report: &mut Report) {
 mod tests {
     use super::check_pool;
     use crate::format::{hdr, journal};
-    use crate::pool::testing::{heap_processes, kill};
+    use crate::pool::testing::{heap_processes, kill, write_journal};
     use crate::sync::Ordering;
 
     /// A grower of class 0 that died after writing its journal, before
@@ -409,16 +409,10 @@ mod tests {
         let procs = heap_processes(&[64], 4096, 1 << 20, 2);
         let (survivor, me) = &procs[1];
         let (dead, dead_me) = &procs[0];
-        let j = hdr::JOURNAL;
-        let w = |off: u64, v: u64| dead.table_word(off).unwrap().store(v, Ordering::Release);
-        let offset = dead.current_size();
-        w(j + journal::CLASS, 0);
-        w(j + journal::EXTENT, 0);
-        w(j + journal::OFFSET, offset);
-        w(j + journal::BYTES, 4096);
-        w(j + journal::SLOTS, 1);
-        w(j + journal::STATE, journal::ACTIVE);
-        w(hdr::GROW_LOCK, dead_me.token);
+        write_journal(dead, 0, 0, dead.current_size(), 4096, 1);
+        dead.table_word(hdr::GROW_LOCK)
+            .unwrap()
+            .store(dead_me.token, Ordering::Release);
         kill(dead, 0);
 
         let r = check_pool(survivor, Some((1, *me))).unwrap();

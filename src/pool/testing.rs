@@ -109,3 +109,29 @@ pub(crate) fn alloc_one(
         .ok_or(crate::error::Error::corrupt("no slot after growth"))?;
     Ok(p.activate(c, id, o)?.0)
 }
+
+/// Plays a grower that died after writing its growth journal: the journal
+/// names an extent of `slots` slots (`bytes` bytes) at `offset` for class
+/// `class`'s extent `extent`, and is active. Nothing else is written.
+#[cfg(not(loom))]
+pub(crate) fn write_journal(
+    pool: &TestPool,
+    class: u64,
+    extent: u64,
+    offset: u64,
+    bytes: u64,
+    slots: u64,
+) {
+    use crate::format::{hdr, journal};
+    let w = |off: u64, v: u64| {
+        pool.table_word(hdr::JOURNAL + off)
+            .expect("journal word")
+            .store(v, crate::sync::Ordering::Release)
+    };
+    w(journal::CLASS, class);
+    w(journal::EXTENT, extent);
+    w(journal::OFFSET, offset);
+    w(journal::BYTES, bytes);
+    w(journal::SLOTS, slots);
+    w(journal::STATE, journal::ACTIVE);
+}

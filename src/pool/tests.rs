@@ -1,7 +1,7 @@
 //! Protocol tests of the raw pool on a heap segment (no files, no caches).
 
 use super::Owner;
-use super::testing::{TestPool, heap_pool, heap_processes_capped, kill};
+use super::testing::{TestPool, heap_pool, heap_processes_capped, kill, write_journal};
 use crate::error::Error;
 use crate::format::{Meta, SlotId, SlotRef, SlotState, cls, hdr, journal};
 use crate::region::Memory;
@@ -227,16 +227,11 @@ fn a_grower_that_died_after_storing_the_size_is_finished_by_the_next_grower() {
     let offset = p.current_size();
     let slots = p.geo.max_extent_slots(1, 0);
     let (_, bytes) = p.geo.extent_layout(1, slots).unwrap();
-    let w = |off: u64, v: u64| p.table_word(off).unwrap().store(v, Ordering::Release);
-    let j = hdr::JOURNAL;
-    w(j + journal::CLASS, 1);
-    w(j + journal::EXTENT, 0);
-    w(j + journal::OFFSET, offset);
-    w(j + journal::BYTES, bytes);
-    w(j + journal::SLOTS, slots as u64);
-    w(j + journal::STATE, journal::ACTIVE);
+    write_journal(&p, 1, 0, offset, bytes, slots as u64);
     p.mem.grow_to(offset + bytes).unwrap();
-    w(hdr::CURRENT_SIZE, offset + bytes);
+    p.table_word(hdr::CURRENT_SIZE)
+        .unwrap()
+        .store(offset + bytes, Ordering::Release);
     let gen_before = p.generation();
     // The next growth (of any class) repairs: class 1 gets its extent.
     let mut got = Vec::new();
@@ -254,14 +249,7 @@ fn a_grower_that_died_before_storing_the_size_leaves_space_that_is_reused() {
     let (p, o) = pool(&[64], 1);
     let me = o[0];
     let offset = p.current_size();
-    let j = hdr::JOURNAL;
-    let w = |off: u64, v: u64| p.table_word(off).unwrap().store(v, Ordering::Release);
-    w(j + journal::CLASS, 0);
-    w(j + journal::EXTENT, 0);
-    w(j + journal::OFFSET, offset);
-    w(j + journal::BYTES, 8192);
-    w(j + journal::SLOTS, 3);
-    w(j + journal::STATE, journal::ACTIVE);
+    write_journal(&p, 0, 0, offset, 8192, 3);
     let h = alloc(&p, 0, me);
     assert_eq!(p.extent_slots(0, 0), p.geo.first_slots[0]);
     let (_, _, addr) = p.check_ref(&h).unwrap();
