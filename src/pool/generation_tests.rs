@@ -4,7 +4,7 @@
 //! every path that moves slots leaves a retired one alone.
 
 use super::Owner;
-use super::testing::{TestPool, heap_pool, kill};
+use super::testing::{TestPool, alloc_one, heap_pool, kill};
 use crate::check::{Report, check_pool};
 use crate::error::Error;
 use crate::format::{LAST_GENERATION, Meta, SlotId, SlotRef, SlotState};
@@ -17,13 +17,7 @@ fn pool(peers: usize) -> (TestPool, Vec<Owner>) {
 
 /// Allocates the way `Slab` does: take (grow if empty) and activate.
 fn alloc(p: &TestPool, o: Owner) -> SlotRef {
-    let mut got = Vec::new();
-    let seen = p.take(0, o, 1, &mut got).unwrap();
-    if got.is_empty() {
-        p.grow(0, seen, o).unwrap();
-        p.take(0, o, 1, &mut got).unwrap();
-    }
-    p.activate(0, got[0], o).unwrap().0
+    alloc_one(p, 0, o).unwrap()
 }
 
 /// Frees the way `Slab` does, into `o`'s "cache" (not flushed): the last

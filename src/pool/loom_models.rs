@@ -4,7 +4,7 @@
 //! Run: `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_models`
 
 use super::Owner;
-use super::testing::{TestPool, heap_processes, kill, unregistered};
+use super::testing::{TestPool, alloc_one, heap_processes, kill, unregistered};
 use crate::error::Error;
 use crate::format::{LAST_GENERATION, Meta, SlotRef, SlotState};
 use crate::sync::Ordering;
@@ -34,14 +34,7 @@ fn processes<const N: usize>() -> [(Arc<TestPool>, Owner); N] {
 }
 
 fn alloc(p: &TestPool, o: Owner) -> Result<SlotRef, Error> {
-    let mut got = Vec::new();
-    let seen = p.take(0, o, 1, &mut got)?;
-    if got.is_empty() {
-        p.grow(0, seen, o)?;
-        p.take(0, o, 1, &mut got)?;
-    }
-    let id = got.pop().ok_or(Error::corrupt("no slot after growth"))?;
-    Ok(p.activate(0, id, o)?.0)
+    alloc_one(p, 0, o)
 }
 
 /// Frees the way `Slab` does (the last life of a slot retires it), then

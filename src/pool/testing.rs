@@ -92,7 +92,6 @@ pub(crate) fn kill(pool: &TestPool, row: usize) {
 
 /// Allocates one slot of class `c` the way `Slab` does, without a cache:
 /// take one, growing the class first if it is empty.
-#[cfg(not(loom))]
 pub(crate) fn alloc_one(
     p: &TestPool,
     c: usize,
@@ -113,7 +112,6 @@ pub(crate) fn alloc_one(
 /// Plays a grower that died after writing its growth journal: the journal
 /// names an extent of `slots` slots (`bytes` bytes) at `offset` for class
 /// `class`'s extent `extent`, and is active. Nothing else is written.
-#[cfg(not(loom))]
 pub(crate) fn write_journal(
     pool: &TestPool,
     class: u64,

@@ -1,7 +1,7 @@
 //! Protocol tests of the raw pool on a heap segment (no files, no caches).
 
 use super::Owner;
-use super::testing::{TestPool, heap_pool, heap_processes_capped, kill, write_journal};
+use super::testing::{TestPool, alloc_one, heap_pool, heap_processes_capped, kill, write_journal};
 use crate::error::Error;
 use crate::format::{Meta, SlotId, SlotRef, SlotState, cls, hdr, journal};
 use crate::region::Memory;
@@ -15,13 +15,7 @@ fn pool(classes: &[u64], peers: usize) -> (TestPool, Vec<Owner>) {
 
 /// Allocates one slot of class `c` the way `Slab` does: take, grow if empty.
 fn alloc(p: &TestPool, c: usize, o: Owner) -> SlotRef {
-    let mut got = Vec::new();
-    let seen = p.take(c, o, 1, &mut got).unwrap();
-    if got.is_empty() {
-        p.grow(c, seen, o).unwrap();
-        p.take(c, o, 1, &mut got).unwrap();
-    }
-    p.activate(c, got[0], o).unwrap().0
+    alloc_one(p, c, o).unwrap()
 }
 
 /// Frees straight back to the shared list (no cache).
