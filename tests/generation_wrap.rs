@@ -11,10 +11,11 @@
 mod common;
 mod hardening;
 
+use common::live::SharedWords;
 use hardening::*;
 use shmslab::{Error, Slab, SlotRef};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 /// The metadata word of a retired slot (docs/FORMAT.md): generation 0,
 /// state 0, payload all ones.
@@ -23,8 +24,8 @@ const RETIRED: u64 = NIL;
 /// The metadata word of the slot `h` names, through a mapping of the file:
 /// what another process (or a test) sees.
 struct SlotWord {
-    map: memmap2::MmapMut,
-    at: usize,
+    words: SharedWords,
+    i: usize,
 }
 
 impl SlotWord {
@@ -34,33 +35,20 @@ impl SlotWord {
             .into_iter()
             .find(|x| x.class == h.class() && x.index == h.extent())
             .expect("the handle's extent");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        // SAFETY: the file is only accessed through atomic words here (and
-        // by shmslab atomically too); `word` stays inside the mapping.
-        let map = unsafe { memmap2::MmapMut::map_mut(&file) }.unwrap();
+        let at = x.meta_at(h.index() as usize);
+        assert_eq!(at % 8, 0);
         SlotWord {
-            map,
-            at: x.meta_at(h.index() as usize),
+            words: SharedWords::open(path),
+            i: at / 8,
         }
     }
 
-    fn word(&self) -> &AtomicU64 {
-        assert!(self.at % 8 == 0 && self.at + 8 <= self.map.len());
-        // SAFETY: inside the mapping and 8-aligned (checked above; the
-        // mapping is page aligned).
-        unsafe { &*(self.map.as_ptr().add(self.at) as *const AtomicU64) }
-    }
-
     fn load(&self) -> u64 {
-        self.word().load(Ordering::SeqCst)
+        self.words.word(self.i).load(Ordering::SeqCst)
     }
 
     fn store(&self, v: u64) {
-        self.word().store(v, Ordering::SeqCst)
+        self.words.word(self.i).store(v, Ordering::SeqCst)
     }
 }
 

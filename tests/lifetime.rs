@@ -8,7 +8,9 @@
 mod common;
 
 use common::child_args;
-use common::live::{LiveChild, SpinBarrier, hear, hear_exactly, say, segment_dir};
+use common::live::{
+    LiveChild, SpinBarrier, hear, hear_exactly, new_segment, say, segment_dir, segment_with,
+};
 use shmslab::{Error, FileLifetime, Slab};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
@@ -91,9 +93,7 @@ fn a_kept_file_outlives_the_process_that_created_it() {
 
 #[test]
 fn remove_file_on_drop_removes_a_kept_file_and_later_attachers_are_refused() {
-    let dir = segment_dir();
-    let path = dir.path().join("removed.shm");
-    let mut a = Slab::builder().create(&path).expect("create");
+    let (_dir, path, mut a) = new_segment("removed.shm");
     let b = Slab::attach(&path).expect("attach");
     // Opened before the removal, joined after it: refused.
     let early = std::fs::OpenOptions::new()
@@ -142,9 +142,7 @@ fn the_last_of_several_processes_to_detach_removes_the_file() {
     if let Some(args) = child_args("holder") {
         return hold_then_leave(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("job.shm");
-    let creator = remove_when_last().create(&path).expect("create");
+    let (_dir, path, creator) = segment_with("job.shm", remove_when_last());
     let p = path.to_str().unwrap();
     let mut children: Vec<LiveChild> = (0..3)
         .map(|_| LiveChild::spawn(TEST, "holder", &[p], &[]))
@@ -175,9 +173,7 @@ fn a_killed_last_process_leaves_the_file_until_a_later_one_detaches() {
     if let Some(args) = child_args("holder") {
         return hold_then_leave(&args);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("killed.shm");
-    let creator = remove_when_last().create(&path).expect("create");
+    let (_dir, path, creator) = segment_with("killed.shm", remove_when_last());
     let mut child = LiveChild::spawn(TEST, "holder", &[path.to_str().unwrap()], &[]);
     child.expect("attached", MSG_TIMEOUT);
     assert!(!creator.detach().expect("detach"));
@@ -199,9 +195,7 @@ fn a_killed_last_process_leaves_the_file_until_a_later_one_detaches() {
 
 #[test]
 fn keep_file_keeps_a_file_its_last_process_would_remove() {
-    let dir = segment_dir();
-    let path = dir.path().join("kept-last.shm");
-    let mut slab = remove_when_last().create(&path).expect("create");
+    let (_dir, path, mut slab) = segment_with("kept-last.shm", remove_when_last());
     slab.keep_file();
     assert!(!slab.detach().expect("detach"));
     assert!(path.exists());
@@ -217,9 +211,7 @@ fn keep_file_keeps_a_file_its_last_process_would_remove() {
 
 #[test]
 fn an_attacher_that_opened_the_file_before_the_last_detach_is_refused() {
-    let dir = segment_dir();
-    let path = dir.path().join("opened-early.shm");
-    let creator = remove_when_last().create(&path).expect("create");
+    let (_dir, path, creator) = segment_with("opened-early.shm", remove_when_last());
     let early = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -240,9 +232,7 @@ fn an_attacher_that_opened_the_file_before_the_last_detach_is_refused() {
 #[test]
 fn a_removal_cut_short_before_the_unlink_is_finished_by_the_next_attacher() {
     use std::os::unix::fs::FileExt;
-    let dir = segment_dir();
-    let path = dir.path().join("cut-short.shm");
-    let mut slab = remove_when_last().create(&path).expect("create");
+    let (_dir, path, mut slab) = segment_with("cut-short.shm", remove_when_last());
     slab.keep_file();
     slab.detach().expect("detach");
     // What a last detacher that died between its mark and its unlink

@@ -20,7 +20,7 @@
 
 mod common;
 
-use common::live::{LiveChild, hear_exactly, say, segment_dir};
+use common::live::{LiveChild, hear_exactly, new_segment, say, segment_dir};
 use common::{assert_every_slot_free, variant};
 use shmslab::{Error, Slab};
 use std::path::Path;
@@ -125,9 +125,7 @@ fn attach_fails_cleanly_when_ofd_locks_cannot_be_taken() {
     if let Some(args) = common::child_args(ROLE) {
         return child(Path::new(&args[0]), &args[1]);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("seg.shm");
-    let slab = Slab::builder().create(&path).unwrap();
+    let (_dir, path, slab) = new_segment("seg.shm");
     for (name, errno) in [
         ("ENOLCK", libc::ENOLCK),
         ("EINVAL", libc::EINVAL),
@@ -151,9 +149,7 @@ fn attach_fails_cleanly_when_ofd_locks_cannot_be_queried() {
     if let Some(args) = common::child_args(ROLE) {
         return child(Path::new(&args[0]), &args[1]);
     }
-    let dir = segment_dir();
-    let path = dir.path().join("seg.shm");
-    let slab = Slab::builder().create(&path).unwrap();
+    let (_dir, path, slab) = new_segment("seg.shm");
     let got = expect_refused(NAME, &path, "attach", "getlk=EINVAL", Some(&slab));
     assert_eq!(got, libc::EINVAL);
     assert_eq!(slab.peers().unwrap().len(), 1);
@@ -189,9 +185,7 @@ fn reclaim_fails_cleanly_when_a_row_lock_cannot_be_taken() {
     if let Some(args) = common::child_args(RECLAIMER) {
         return reclaim(Path::new(&args[0]));
     }
-    let dir = segment_dir();
-    let path = dir.path().join("seg.shm");
-    let slab = Slab::builder().create(&path).unwrap();
+    let (_dir, path, slab) = new_segment("seg.shm");
     let p = path.to_str().unwrap();
     // A peer that dies holding slots.
     let mut holder = LiveChild::spawn(NAME, HOLDER, &[p], &[]);

@@ -7,11 +7,11 @@
 mod common;
 
 use common::child_args;
-use common::live::segment_dir;
+use common::live::new_segment;
 use shmslab::Slab;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Slots each process allocates and checks.
 const SLOTS: u64 = 8;
@@ -82,9 +82,7 @@ fn hundreds_of_processes_attach_to_one_segment_at_once() {
         return;
     }
     let n = processes();
-    let dir = segment_dir();
-    let path = dir.path().join("many.shm");
-    let slab = Slab::builder().create(&path).expect("create");
+    let (_dir, path, slab) = new_segment("many.shm");
     let p = path.to_str().unwrap();
     let started = Instant::now();
     let mut children: Vec<Child> = (0..n)
@@ -151,5 +149,4 @@ fn hundreds_of_processes_attach_to_one_segment_at_once() {
     );
     assert_eq!(slab.peers().expect("peers").len(), 1);
     common::assert_every_slot_free(&slab, "after every child detached");
-    let _ = Duration::ZERO;
 }

@@ -249,9 +249,7 @@ fn run_case(test_name: &str, case: Case) {
         child(&args[0], &case);
         return;
     }
-    let dir = common::live::segment_dir();
-    let path = dir.path().join("tls.shm");
-    let parent = Slab::builder().create(&path).unwrap();
+    let (_dir, path, parent) = common::live::new_segment("tls.shm");
     let out = common::run_child(
         test_name,
         "tls",
