@@ -97,7 +97,7 @@ fn work(
         records.push(slab.alloc(record(i, &format!("{tag}-{i}")))?);
         let len = 64 + (next(&mut x) % 8000) as usize;
         let buf = slab.alloc_bytes(len)?;
-        slab.write_bytes(&buf, 0, &vec![i as u8; len])?;
+        slab.write_bytes(buf, 0, &vec![i as u8; len])?;
         buffers += 1;
         bytes += len as u64;
         if i % 3 == 0 {

@@ -26,7 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for _ in 0..2000 {
             let len = 1 + (next() % 16384) as usize;
             let h = slab.alloc_bytes(len)?;
-            slab.write_bytes(&h, 0, &(len as u64).to_ne_bytes())?;
+            slab.write_bytes(h, 0, &(len as u64).to_ne_bytes())?;
             requested += len as u64;
             live.push((h, len));
         }
@@ -35,7 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (i, (h, len)) in live.drain(..).enumerate() {
             if i % 2 == 0 {
                 let mut b = [0u8; 8];
-                slab.read_bytes(&h, 0, &mut b)?;
+                slab.read_bytes(h, 0, &mut b)?;
                 assert_eq!(u64::from_ne_bytes(b), len as u64);
                 slab.free(h)?;
                 requested -= len as u64;

@@ -384,7 +384,7 @@ fn check_roots<M: Memory>(pool: &Pool<M>, report: &mut Report) {
             Err(e) => report.add(&here, format!("handle: {e}")),
             Ok((c, _, addr)) => {
                 let m = Meta(pool.meta(addr).load(Ordering::Acquire));
-                if !m.is_live(h.generation()) {
+                if !m.is_live(h.generation) {
                     report.add(&here, "points at a slot that is not its live allocation");
                 }
                 if pool.class(c).size < r(root::FP_SIZE) {

@@ -175,6 +175,12 @@ pub enum Error {
         why: &'static str,
     },
 
+    /// The handle is the null handle ([`SlotRef::NULL`](crate::SlotRef::NULL),
+    /// `Handle::NULL`, a `Default` or zeroed handle): it was never made by an
+    /// allocation.
+    #[error("null handle: it was never made by an allocation (a NULL, default or zeroed handle)")]
+    NullHandle,
+
     /// The handle belongs to another segment.
     #[error(
         "the handle belongs to another segment (segment id {found:#010x}, this one is {expected:#010x})"
@@ -187,14 +193,14 @@ pub enum Error {
     },
 
     /// The slot the handle names was freed (and perhaps reused) since the
-    /// handle was made.
-    #[error(
-        "stale handle: the slot was freed or reused since this handle was made (handle generation {handle}, slot generation {slot})"
-    )]
+    /// handle was made. The message says which: generations equal means
+    /// freed and not yet reused; a later slot generation means reused; slot
+    /// generation 0 means the slot was retired after its last life.
+    #[error("stale handle: {}", staleness(*handle, *slot))]
     StaleHandle {
         /// The generation in the handle.
         handle: u32,
-        /// The slot's generation now.
+        /// The slot's generation now (0: retired).
         slot: u32,
     },
 
@@ -214,7 +220,9 @@ pub enum Error {
     },
 
     /// A named root holds a value of another type.
-    #[error("root {name:?} holds another type: stored {stored}, asked for {requested}")]
+    #[error(
+        "root {name:?} holds another type: stored {stored}, asked for `{requested_type}` ({requested})"
+    )]
     TypeMismatch {
         /// The root's name.
         name: String,
@@ -222,6 +230,8 @@ pub enum Error {
         stored: Fingerprint,
         /// The requested type's fingerprint.
         requested: Fingerprint,
+        /// The requested type's name (`std::any::type_name`).
+        requested_type: &'static str,
     },
 
     /// A root name is empty or too long.
@@ -322,5 +332,21 @@ impl From<Error> for io::Error {
             e @ Error::SegmentRemoved => io::Error::new(io::ErrorKind::NotFound, e),
             other => io::Error::other(other),
         }
+    }
+}
+
+/// What [`Error::StaleHandle`] says happened to the slot.
+fn staleness(handle: u32, slot: u32) -> String {
+    match slot {
+        s if s == handle => format!("the slot was freed (generation {handle})"),
+        0 => format!(
+            "the slot was freed after its last life and retired (handle generation {handle})"
+        ),
+        s if s > handle => format!(
+            "the slot was freed and reused since (handle generation {handle}, slot now at generation {s})"
+        ),
+        s => format!(
+            "the handle's generation {handle} is ahead of the slot's {s}: it was forged or made in another file"
+        ),
     }
 }

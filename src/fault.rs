@@ -11,6 +11,7 @@
 //! compiles to nothing.
 
 /// Every crash point, in protocol order.
+#[cfg(feature = "fault-injection")]
 pub const CRASH_POINTS: &[&str] = &[
     // growth
     "grow.locked",

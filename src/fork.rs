@@ -28,7 +28,7 @@
 //!   description (the file opened again), never the one the mapping uses, so
 //!   closing it in the child neither touches the parent's locks (an OFD lock
 //!   goes away only when the *last* descriptor of its description closes) nor
-//!   leaves a bare [`MmapRegion`](crate::MmapRegion) in the child without its
+//!   leaves a bare [`MmapRegion`](crate::region::MmapRegion) in the child without its
 //!   descriptor.
 //!
 //! Recording a new descriptor races a `fork` in another thread: a child

@@ -42,7 +42,7 @@
 //! |---|---|
 //! | `sync` | atomics facade: std, or loom under `--cfg loom` |
 //! | `fork` | telling a forked child from its parent (what it inherited is not its own) |
-//! | [`region`](MmapRegion) | the mapped file ([`MmapRegion`]) and a heap stand-in ([`HeapRegion`]) |
+//! | [`region`] | the mapped file ([`MmapRegion`](region::MmapRegion)) and a heap stand-in ([`HeapRegion`](region::HeapRegion)) |
 //! | `format` | the bytes of the file and their validation |
 //! | `pool` | size classes, extents, slot metadata, free lists, growth |
 //! | `peers` | attached processes, liveness, reclaiming dead ones' slots |
@@ -50,7 +50,9 @@
 //! | `slab` | [`Slab`], the front door |
 //! | `check`, `inspect` | [`Slab::check`] and the read-only [`inspect`] |
 //!
-//! The design and the byte format as built are in `docs/DESIGN.md` and
+//! Using it across real processes — passing handles, who owns a slot and what
+//! `reclaim_dead` frees, concurrent writers, `fork` — is the [`guide`]. The
+//! design and the byte format as built are in `docs/DESIGN.md` and
 //! `docs/FORMAT.md`.
 //!
 //! ## Platform
@@ -70,6 +72,9 @@ compile_error!("shmslab supports Linux only (it relies on OFD locks and fallocat
 
 mod check;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+#[cfg(not(feature = "fault-injection"))]
 mod fault;
 mod fork;
 mod format;
@@ -77,7 +82,7 @@ mod inspect;
 mod lifetime;
 mod peers;
 mod pool;
-mod region;
+pub mod region;
 mod slab;
 mod sync;
 mod sys;
@@ -85,17 +90,21 @@ mod typed;
 
 pub use check::{ClassCheck, Finding, Report};
 pub use error::{Error, Fingerprint, Result};
-pub use fault::CRASH_POINTS;
-pub use format::{
-    FORMAT_VERSION, MAX_CLASSES, MAX_EXTENTS, MAX_PEERS, MAX_ROOT_NAME, MAX_ROOTS, MAX_SLOT_SIZE,
-    SlotRef,
-};
+pub use format::{SlotParts, SlotRef};
 pub use inspect::{PeerSnapshot, Snapshot, inspect};
 pub use lifetime::FileLifetime;
 pub use peers::{PeerInfo, ReclaimReport};
-pub use region::{FileCleanup, HeapRegion, MmapRegion, Region, RegionOptions};
-pub use slab::{ClassStats, DEFAULT_CLASSES, DEFAULT_PEERS, Slab, SlabBuilder, Stats};
+pub use slab::{BytesHandle, ClassStats, Slab, SlabBuilder, Stats};
 pub use typed::{Handle, RootInfo, Schema, SliceHandle};
+
+/// The segment format's fixed limits and the builder's defaults.
+pub mod limits {
+    pub use crate::format::{
+        FORMAT_VERSION, MAX_CLASSES, MAX_EXTENTS, MAX_PEERS, MAX_ROOT_NAME, MAX_ROOTS,
+        MAX_SLOT_SIZE,
+    };
+    pub use crate::slab::{DEFAULT_CLASSES, DEFAULT_PEERS};
+}
 
 /// The `bytemuck` that shmslab's `Pod` bounds refer to, so a crate can
 /// store its own structs with shmslab as its only dependency.
@@ -119,6 +128,12 @@ pub use typed::{Handle, RootInfo, Schema, SliceHandle};
 /// repository, a crate with shmslab as its only dependency, checks that the
 /// README's example builds and runs this way.
 pub use bytemuck;
+
+/// The guide to using shmslab across real processes (`docs/GUIDE.md`): a
+/// two-process program, who owns a slot, concurrent writers, `fork`, and
+/// how long the file lives.
+#[doc = include_str!("../docs/GUIDE.md")]
+pub mod guide {}
 
 /// The README's examples, compiled and run as doctests so they cannot rot.
 #[cfg(doctest)]

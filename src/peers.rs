@@ -278,9 +278,9 @@ fn rooted_slots<M: Memory>(pool: &Pool<M>) -> Result<HashSet<(usize, u32, u32)>>
         .filter(|r| r.handle.well_formed())
         .map(|r| {
             (
-                r.handle.class(),
+                r.handle.class as usize,
                 r.handle.slot_id().raw(),
-                r.handle.generation(),
+                r.handle.generation,
             )
         })
         .collect())

@@ -181,8 +181,9 @@ fn populate_role() {
     for &(len, n, freed) in POPULATE {
         let hs: Vec<SlotRef> = (0..n)
             .map(|i| {
-                let h = slab.alloc_bytes(len).expect("alloc");
-                slab.write_bytes(&h, 0, &[i as u8; 16]).expect("write");
+                let h = slab.alloc_bytes(len).expect("alloc").raw();
+                slab.write_bytes(common::whole(h), 0, &[i as u8; 16])
+                    .expect("write");
                 h
             })
             .collect();
@@ -274,7 +275,7 @@ fn inspect_fresh_segment() {
     let text = &run.stdout;
     for want in [
         format!("segment {}", path.display()),
-        format!("format version  {}", shmslab::FORMAT_VERSION),
+        format!("format version  {}", shmslab::limits::FORMAT_VERSION),
         "size classes (15)".to_string(),
         "roots (0)".to_string(),
         "peers (0)".to_string(),
@@ -288,7 +289,7 @@ fn inspect_fresh_segment() {
     let v = shmslab(&["inspect", "--json", p(&path)])
         .expect_code(OK)
         .json();
-    assert_eq!(v["format_version"], shmslab::FORMAT_VERSION);
+    assert_eq!(v["format_version"], shmslab::limits::FORMAT_VERSION);
     assert_eq!(v["classes"].as_array().unwrap().len(), 15);
     assert_eq!(sum(&v, "extents"), 0);
     assert_eq!(sum(&v, "slots"), 0);
@@ -408,10 +409,10 @@ fn inspect_json_agrees_with_stats_and_roots() {
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(j["handle"]["hex"], hex);
-        assert_eq!(j["handle"]["class"], r.handle.class());
-        assert_eq!(j["handle"]["generation"], r.handle.generation());
-        assert_eq!(j["handle"]["segment_id"], r.handle.segment_id());
-        assert_eq!(j["slot_size"], slab.class_sizes()[r.handle.class()]);
+        assert_eq!(j["handle"]["class"], r.handle.parts().class);
+        assert_eq!(j["handle"]["generation"], r.handle.parts().generation);
+        assert_eq!(j["handle"]["segment_id"], r.handle.parts().segment_id);
+        assert_eq!(j["slot_size"], slab.class_sizes()[r.handle.parts().class]);
     }
     let counters = slab
         .root::<Counters>("counters")
@@ -675,7 +676,9 @@ fn check_on_a_live_segment_reports_a_lasting_problem() {
     let dir = segment_dir();
     let path = dir.path().join("live.shm");
     let slab = create(&path);
-    let hs: Vec<SlotRef> = (0..50).map(|_| slab.alloc_bytes(100).unwrap()).collect();
+    let hs: Vec<SlotRef> = (0..50)
+        .map(|_| slab.alloc_bytes(100).unwrap().raw())
+        .collect();
     for h in &hs[..25] {
         slab.free(*h).unwrap();
     }
@@ -840,7 +843,7 @@ fn unreadable_files_are_exit_2() {
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "hello, this is not a segment\n").unwrap();
     let version = corrupted(&good, dir.path(), "version.shm", |b| {
-        write_word(b, 8, shmslab::FORMAT_VERSION + 1)
+        write_word(b, 8, shmslab::limits::FORMAT_VERSION + 1)
     });
     let arch = corrupted(&good, dir.path(), "arch.shm", |b| {
         write_word(b, 16, 0x0102_0304_0506_0708u64.swap_bytes())

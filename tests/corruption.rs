@@ -81,7 +81,7 @@ const TEST: &str = "corrupted_segments_give_typed_results_without_panics_signals
 
 fn handle_key(h: &SlotRef) -> u64 {
     let b = h.to_bytes();
-    u64::from_ne_bytes(b[4..12].try_into().unwrap()) ^ ((h.class() as u64) << 56)
+    u64::from_ne_bytes(b[4..12].try_into().unwrap()) ^ ((h.parts().class as u64) << 56)
 }
 
 fn with_segment(h: SlotRef, segment: u32) -> SlotRef {
@@ -140,9 +140,9 @@ fn build_fixture(dir: &Path) -> (Vec<u8>, Vec<SlotRef>, Vec<SlotRef>) {
     let mut stale = Vec::new();
     let alloc = |s: &Slab, size: u64, live: &mut Vec<SlotRef>| {
         let h = s.alloc_bytes(size as usize).expect("fixture alloc");
-        s.write_bytes(&h, 0, &stamp(size as usize, handle_key(&h)))
+        s.write_bytes(h, 0, &stamp(size as usize, handle_key(&h.raw())))
             .expect("stamp");
-        live.push(h);
+        live.push(h.raw());
     };
     // Roots first (their objects belong to the segment), then the second
     // process allocates and frees a few: slots cached by it.
@@ -153,13 +153,13 @@ fn build_fixture(dir: &Path) -> (Vec<u8>, Vec<SlotRef>, Vec<SlotRef>) {
     for &size in &CLASSES {
         for k in 0..6 {
             let h = b.alloc_bytes(size as usize).expect("b alloc");
-            b.write_bytes(&h, 0, &stamp(size as usize, handle_key(&h)))
+            b.write_bytes(h, 0, &stamp(size as usize, handle_key(&h.raw())))
                 .unwrap();
             if k % 3 == 0 {
                 b.free(h).unwrap();
-                stale.push(h);
+                stale.push(h.raw());
             } else {
-                live.push(h);
+                live.push(h.raw());
             }
         }
     }
@@ -724,14 +724,20 @@ fn exercise(
         } else {
             pick(rng, &fx.live)
         };
-        let cap = t.note("capacity", slab.capacity(&h));
+        let cap = t.note("capacity", slab.capacity(h));
         let len = cap.unwrap_or(8).min(buf.len());
-        let _ = t.note("read-known", slab.read_bytes(&h, 0, &mut buf[..len]));
+        let _ = t.note(
+            "read-known",
+            slab.read_bytes(common::whole(h), 0, &mut buf[..len]),
+        );
     }
     for _ in 0..2 {
         let h = pick(rng, &fx.live);
-        if t.note("write-known", slab.write_bytes(&h, 0, b"scribble"))
-            .is_ok()
+        if t.note(
+            "write-known",
+            slab.write_bytes(common::whole(h), 0, b"scribble"),
+        )
+        .is_ok()
         {
             written.push(h);
         }
@@ -756,12 +762,12 @@ fn exercise(
                 1 + rng.below(size) as usize
             };
             if let Ok(h) = t.note("alloc", slab.alloc_bytes(len)) {
-                new_slots.insert(slot_of(&h));
+                new_slots.insert(slot_of(&h.raw()));
                 let key = rng.next_u64() ^ (k as u64);
-                if t.note("write-new", slab.write_bytes(&h, 0, &stamp(len, key)))
+                if t.note("write-new", slab.write_bytes(h, 0, &stamp(len, key)))
                     .is_ok()
                 {
-                    fresh.push((h, key, len));
+                    fresh.push((h.raw(), key, len));
                 }
             }
         }
@@ -772,12 +778,12 @@ fn exercise(
     let spare = slab.stats().classes.last().map_or(0, |c| c.free).min(24);
     for _ in 0..=spare {
         if let Ok(h) = t.note("alloc-to-grow", slab.alloc_bytes(largest)) {
-            new_slots.insert(slot_of(&h));
+            new_slots.insert(slot_of(&h.raw()));
             let key = rng.next_u64();
-            if t.note("write-new", slab.write_bytes(&h, 0, &stamp(64, key)))
+            if t.note("write-new", slab.write_bytes(h, 0, &stamp(64, key)))
                 .is_ok()
             {
-                fresh.push((h, key, 64));
+                fresh.push((h.raw(), key, 64));
             }
         }
     }
@@ -796,8 +802,11 @@ fn exercise(
         }
     }
     for (h, key, len) in &kept {
-        if t.note("read-new", slab.read_bytes(h, 0, &mut buf[..*len]))
-            .is_ok()
+        if t.note(
+            "read-new",
+            slab.read_bytes(common::whole(*h), 0, &mut buf[..*len]),
+        )
+        .is_ok()
             && buf[..*len] != stamp(*len, *key)[..]
         {
             return Err(format!(
@@ -813,7 +822,7 @@ fn exercise(
                 continue;
             }
             let got = &mut buf[..k.len];
-            if slab.read_bytes(&k.handle, 0, got).is_err() {
+            if slab.read_bytes(common::whole(k.handle), 0, got).is_err() {
                 continue;
             }
             let mut want = fx.bytes[k.data..k.data + k.len].to_vec();
@@ -1246,11 +1255,16 @@ fn a_forged_growth_journal_does_not_publish_an_extent_over_another_class() {
         .create(&path)
         .unwrap();
     // Class 0's first extent, then class 1's: class 1's is last in the file.
-    let small: Vec<SlotRef> = (0..10).map(|_| slab.alloc_bytes(64).unwrap()).collect();
-    let big: Vec<SlotRef> = (0..10).map(|_| slab.alloc_bytes(256).unwrap()).collect();
+    let small: Vec<SlotRef> = (0..10)
+        .map(|_| slab.alloc_bytes(64).unwrap().raw())
+        .collect();
+    let big: Vec<SlotRef> = (0..10)
+        .map(|_| slab.alloc_bytes(256).unwrap().raw())
+        .collect();
     for h in small.iter().chain(&big) {
-        let len = slab.capacity(h).unwrap();
-        slab.write_bytes(h, 0, &stamp(len, handle_key(h))).unwrap();
+        let len = slab.capacity(*h).unwrap();
+        slab.write_bytes(common::whole(*h), 0, &stamp(len, handle_key(h)))
+            .unwrap();
     }
     slab.keep_file();
     drop(slab);
@@ -1276,7 +1290,7 @@ fn a_forged_growth_journal_does_not_publish_an_extent_over_another_class() {
     for i in 0..400u64 {
         match slab.alloc_bytes(64) {
             Ok(h) => {
-                slab.write_bytes(&h, 0, &[0xEE; 64]).unwrap();
+                slab.write_bytes(h, 0, &[0xEE; 64]).unwrap();
                 mine.push(h);
             }
             Err(e) => {
@@ -1287,7 +1301,7 @@ fn a_forged_growth_journal_does_not_publish_an_extent_over_another_class() {
     }
     for h in &big {
         let mut got = vec![0u8; 256];
-        slab.read_bytes(h, 0, &mut got).unwrap();
+        slab.read_bytes(common::whole(*h), 0, &mut got).unwrap();
         assert_eq!(
             got,
             stamp(256, handle_key(h)),

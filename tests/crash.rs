@@ -48,15 +48,15 @@ fn holder_child(args: &[String]) {
     for &(len, n) in HOLDINGS {
         for _ in 0..n {
             let h = slab.alloc_bytes(len).expect("alloc");
-            slab.write_bytes(&h, 0, &vec![fill_byte(i); len])
+            slab.write_bytes(h, 0, &vec![fill_byte(i); len])
                 .expect("write");
-            report.push(format!("{}:{len}", to_hex(&h.to_bytes())));
+            report.push(format!("{}:{len}", to_hex(&h.raw().to_bytes())));
             i += 1;
         }
     }
     // Allocate and free some more: they end in this process's cache.
     let extra: Vec<SlotRef> = (0..7)
-        .map(|_| slab.alloc_bytes(3000).expect("alloc"))
+        .map(|_| slab.alloc_bytes(3000).expect("alloc").raw())
         .collect();
     for h in extra {
         slab.free(h).expect("free");
@@ -115,8 +115,8 @@ fn segment_with_own_slots(
 ) -> (tempfile::TempDir, PathBuf, Slab, Vec<SlotRef>, Report) {
     let (dir, path, slab) = small_segment(file);
     let own: Vec<SlotRef> = (0..small)
-        .map(|_| slab.alloc_bytes(64).expect("alloc"))
-        .chain((0..large).map(|_| slab.alloc_bytes(3000).expect("alloc")))
+        .map(|_| slab.alloc_bytes(64).expect("alloc").raw())
+        .chain((0..large).map(|_| slab.alloc_bytes(3000).expect("alloc").raw()))
         .collect();
     let before = slab.check().expect("check");
     assert_consistent(&before, when);
@@ -159,14 +159,14 @@ fn allocate_through_growth(slab: &Slab, growths: u64) -> u64 {
         let h = slab
             .alloc_bytes(len)
             .unwrap_or_else(|e| panic!("allocation {i} ({len} bytes) failed: {e}"));
-        slab.write_bytes(&h, 0, &(i as u64).to_le_bytes())
+        slab.write_bytes(h, 0, &(i as u64).to_le_bytes())
             .expect("write");
         held.push((h, i as u64));
         i += 1;
     }
     for (h, v) in held {
         let mut b = [0u8; 8];
-        slab.read_bytes(&h, 0, &mut b).expect("read back");
+        slab.read_bytes(h, 0, &mut b).expect("read back");
         assert_eq!(u64::from_le_bytes(b), v, "slot {h:?} was overwritten");
         slab.free(h).expect("free");
     }
@@ -254,7 +254,7 @@ fn reclaim_dead_frees_exactly_the_slots_of_a_killed_process_and_only_once() {
     for (h, _) in &handles {
         let mut b = [0u8; 1];
         assert!(matches!(
-            slab.read_bytes(h, 0, &mut b),
+            slab.read_bytes(common::whole(*h), 0, &mut b),
             Err(Error::StaleHandle { .. })
         ));
         assert!(matches!(slab.free(*h), Err(Error::StaleHandle { .. })));
@@ -326,7 +326,7 @@ fn a_process_that_exits_cleanly_leaves_its_allocations_valid_and_returns_its_cac
     // The allocations are still there, readable, and freeable once.
     for (i, (h, len)) in handles.iter().enumerate() {
         let mut buf = vec![0u8; *len];
-        slab.read_bytes(h, 0, &mut buf)
+        slab.read_bytes(common::whole(*h), 0, &mut buf)
             .unwrap_or_else(|e| panic!("read {h:?} after its allocator left: {e}"));
         assert!(
             buf.iter().all(|&b| b == fill_byte(i)),
@@ -634,7 +634,7 @@ fn an_attach_taking_a_half_claimed_row_reclaims_its_slots_first() {
 mod fault_injection {
     use super::*;
     use common::live::run_with_timeout;
-    use shmslab::CRASH_POINTS;
+    use shmslab::fault::CRASH_POINTS;
     use std::collections::HashSet;
 
     /// Every crash point these tests cover, with the hit to die at: late
@@ -671,23 +671,23 @@ mod fault_injection {
         for round in 0..40 {
             for _ in 0..300 {
                 let h = slab.alloc_bytes(64).expect("alloc");
-                say("A", to_hex(&h.to_bytes()));
+                say("A", to_hex(&h.raw().to_bytes()));
                 small.push(h);
             }
             for i in 0..40 {
                 let h = slab.alloc_bytes(sizes[i % sizes.len()]).expect("alloc");
-                say("A", to_hex(&h.to_bytes()));
+                say("A", to_hex(&h.raw().to_bytes()));
                 large.push(h);
             }
             while small.len() > 10 {
                 let h = small.pop().unwrap();
                 slab.free(h).expect("free");
-                say("F", to_hex(&h.to_bytes()));
+                say("F", to_hex(&h.raw().to_bytes()));
             }
             for _ in 0..large.len() / 2 {
                 let h = large.swap_remove(round % large.len());
                 slab.free(h).expect("free");
-                say("F", to_hex(&h.to_bytes()));
+                say("F", to_hex(&h.raw().to_bytes()));
             }
         }
         say("NOCRASH", "");

@@ -1,5 +1,5 @@
 //! The fault-injection campaign: every named crash point
-//! ([`shmslab::CRASH_POINTS`]), many kills each, with other processes working
+//! ([`shmslab::fault::CRASH_POINTS`]), many kills each, with other processes working
 //! in the segment at the time.
 //!
 //! ```text
@@ -75,7 +75,8 @@ use common::child_args;
 use common::live::{
     LiveChild, SharedWords, XorShift, from_hex, hear, new_segment, say, segment_dir, to_hex,
 };
-use shmslab::{CRASH_POINTS, Error, PeerInfo, Report, Slab, SlotRef};
+use shmslab::fault::CRASH_POINTS;
+use shmslab::{Error, PeerInfo, Report, Slab, SlotRef};
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -293,14 +294,14 @@ impl Stamper {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&self.tag.to_le_bytes());
         b[8..].copy_from_slice(&self.seq.to_le_bytes());
-        slab.write_bytes(&h, 0, &b)
+        slab.write_bytes(h, 0, &b)
             .unwrap_or_else(|e| panic!("stamp fresh allocation {h:?}: {e}"));
-        Ok((h, self.seq))
+        Ok((h.raw(), self.seq))
     }
 
     fn verify(&self, slab: &Slab, h: &SlotRef, seq: u64) {
         let mut b = [0u8; 16];
-        slab.read_bytes(h, 0, &mut b)
+        slab.read_bytes(common::whole(*h), 0, &mut b)
             .unwrap_or_else(|e| panic!("read own live slot {h:?}: {e}"));
         let tag = u64::from_le_bytes(b[..8].try_into().unwrap());
         let got = u64::from_le_bytes(b[8..].try_into().unwrap());
@@ -1563,7 +1564,7 @@ fn run_round(
         let mut live_handed = 0;
         for h in &handles {
             let mut b = [0u8; 1];
-            match slab.read_bytes(h, 0, &mut b) {
+            match slab.read_bytes(common::whole(*h), 0, &mut b) {
                 Err(Error::StaleHandle { .. }) => {}
                 Ok(()) if live_handed < handed => {
                     live_handed += 1;
@@ -2160,7 +2161,7 @@ fn taking_over_a_dead_holders_lock_takes_milliseconds_not_half_a_second() {
     let (_dir, path, slab) = new_segment("dead-holder.shm");
     // Put slots on class 0's free list, so the child's refill pops one.
     let held: Vec<SlotRef> = (0..600)
-        .map(|_| slab.alloc_bytes(64).expect("alloc"))
+        .map(|_| slab.alloc_bytes(64).expect("alloc").raw())
         .collect();
     for h in held {
         slab.free(h).expect("free");

@@ -111,14 +111,14 @@ fn populate(slab: &Slab, rng: &mut XorShift) -> Registry {
         // Free a third and allocate again: later lives of the same slots.
         for h in hs.iter_mut().step_by(3) {
             slab.free(*h).expect("free");
-            reg.stale.push(*h);
+            reg.stale.push(h.raw());
             *h = slab.alloc_bytes(size as usize).expect("realloc");
         }
         for h in hs {
             let bytes = stamp(size as usize, rng.next_u64());
-            slab.write_bytes(&h, 0, &bytes).expect("stamp");
-            reg.live.insert(h.to_bytes(), bytes);
-            reg.order.push(h);
+            slab.write_bytes(h, 0, &bytes).expect("stamp");
+            reg.live.insert(h.raw().to_bytes(), bytes);
+            reg.order.push(h.raw());
         }
     }
     // Typed values and slices are slots like any other.
@@ -131,9 +131,9 @@ fn populate(slab: &Slab, rng: &mut XorShift) -> Registry {
         slab.alloc_slice::<u64>(3).unwrap().raw(),
     ];
     for h in typed {
-        let cap = slab.capacity(&h).unwrap();
+        let cap = slab.capacity(h).unwrap();
         let bytes = stamp(cap, rng.next_u64());
-        slab.write_bytes(&h, 0, &bytes).unwrap();
+        slab.write_bytes(common::whole(h), 0, &bytes).unwrap();
         reg.live.insert(h.to_bytes(), bytes);
         reg.order.push(h);
     }
@@ -142,7 +142,7 @@ fn populate(slab: &Slab, rng: &mut XorShift) -> Registry {
         for _ in 0..5 {
             let h = slab.alloc_bytes(size as usize).unwrap();
             slab.free(h).unwrap();
-            reg.stale.push(h);
+            reg.stale.push(h.raw());
         }
     }
     slab.trim().unwrap();
@@ -317,7 +317,7 @@ impl Run<'_> {
 
     fn bytes_ops(&mut self, h: SlotRef, rng: &mut XorShift) {
         let slab = self.slab;
-        let cap = slab.capacity(&h);
+        let cap = slab.capacity(h);
         self.t.add(format!("capacity:{}", outcome(&cap)), 1);
         match (&cap, self.real(&h)) {
             (Ok(c), true) => {
@@ -344,23 +344,23 @@ impl Run<'_> {
             _ => 8,
         };
         let mut buf = vec![0u8; len];
-        let r = slab.read_bytes(&h, off, &mut buf);
+        let r = slab.read_bytes(common::whole(h), off, &mut buf);
         if self.judge("read_bytes", &h, &r) {
             self.expect_bytes("read_bytes", &h, off, &buf);
         }
         let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
-        let r = slab.write_bytes(&h, off, &data);
+        let r = slab.write_bytes(common::whole(h), off, &data);
         if self.judge("write_bytes", &h, &r) {
             self.store(&h, off, &data);
         }
-        let r = slab.with_bytes(&h, |b| b.to_vec());
+        let r = slab.with_bytes(common::whole(h), |b| b.to_vec());
         if self.judge("with_bytes", &h, &r) {
             let got = r.unwrap();
             self.expect_bytes("with_bytes", &h, 0, &got);
         }
         let flip = rng.next_u64() as u8 | 1;
         let mut after = None;
-        let r = slab.update_bytes(&h, |b| {
+        let r = slab.update_bytes(common::whole(h), |b| {
             b[0] ^= flip;
             after = Some(b.to_vec());
         });
@@ -499,9 +499,9 @@ impl Run<'_> {
 
     fn ownership_ops(&mut self, h: SlotRef, rng: &mut XorShift) {
         let slab = self.slab;
-        let r = slab.persist(&h);
+        let r = slab.persist(h);
         self.judge("persist", &h, &r);
-        let r = slab.adopt(&h);
+        let r = slab.adopt(h);
         self.judge("adopt", &h, &r);
         // Frees of real handles empty the registry; forged copies of live
         // handles are only freed now and then, and never below 300 left.
@@ -624,7 +624,7 @@ fn forged_run(dir: &Path, handles: u64, seed: u64, huge_indices: bool) -> (Tally
     for (key, want) in &run.reg.live {
         let h = SlotRef::from_bytes(*key);
         let mut got = vec![0u8; want.len()];
-        match slab.read_bytes(&h, 0, &mut got) {
+        match slab.read_bytes(common::whole(h), 0, &mut got) {
             Ok(()) if &got == want => t.add("final:stamp-intact", 1),
             Ok(()) => violations.push(format!("live slot {h:?} lost its bytes")),
             Err(e) => violations.push(format!("live slot {h:?} unreadable: {e}")),
@@ -786,16 +786,16 @@ fn capacity_of_a_handle_that_is_not_live_is_an_error() {
     let h = slab.alloc_bytes(100).unwrap();
     slab.free(h).unwrap();
     assert!(
-        matches!(slab.capacity(&h), Err(Error::StaleHandle { .. })),
+        matches!(slab.capacity(h), Err(Error::StaleHandle { .. })),
         "capacity of a freed handle: {:?}",
-        slab.capacity(&h)
+        slab.capacity(h)
     );
-    let (s, i, g, c, e, r) = fields(&h);
+    let (s, i, g, c, e, r) = fields(&h.raw());
     let never = make(s, i + 1, g + 7, c, e, r);
     assert!(
-        slab.capacity(&never).is_err(),
+        slab.capacity(never).is_err(),
         "capacity of a never-allocated slot: {:?}",
-        slab.capacity(&never)
+        slab.capacity(never)
     );
 }
 
@@ -805,11 +805,11 @@ fn capacity_of_a_handle_that_is_not_live_is_an_error() {
 fn a_handle_whose_index_is_the_largest_24_bit_value_is_invalid() {
     let (_dir, slab) = scratch_slab();
     let real = slab.alloc_bytes(10).unwrap();
-    let (s, _, g, c, _, r) = fields(&real);
+    let (s, _, g, c, _, r) = fields(&real.raw());
     for extent in [0u8, 63] {
         let forged = make(s, 0xff_ffff, g, c, extent, r);
         let got = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            slab.read_bytes(&forged, 0, &mut [0u8; 8])
+            slab.read_bytes(common::whole(forged), 0, &mut [0u8; 8])
         }));
         match got {
             Ok(Err(Error::InvalidHandle { .. })) => {}

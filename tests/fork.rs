@@ -18,7 +18,8 @@ mod common;
 
 use common::child_args;
 use common::live::{LiveChild, hear, new_segment, say, segment_dir};
-use shmslab::{FileCleanup, FileLifetime, MmapRegion, Slab};
+use shmslab::region::{FileCleanup, MmapRegion};
+use shmslab::{FileLifetime, Slab};
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -199,20 +200,29 @@ fn every_operation(
         ("read", outcome(&slab.read(h))),
         ("write", outcome(&slab.write(h, 5))),
         ("update", outcome(&slab.update(h, |v| *v += 1))),
-        ("capacity", outcome(&slab.capacity(&raw))),
-        ("read_bytes", outcome(&slab.read_bytes(&raw, 0, &mut buf))),
-        ("write_bytes", outcome(&slab.write_bytes(&raw, 0, &buf))),
-        ("with_bytes", outcome(&slab.with_bytes(&raw, |b| b.len()))),
+        ("capacity", outcome(&slab.capacity(raw))),
+        (
+            "read_bytes",
+            outcome(&slab.read_bytes(common::whole(raw), 0, &mut buf)),
+        ),
+        (
+            "write_bytes",
+            outcome(&slab.write_bytes(common::whole(raw), 0, &buf)),
+        ),
+        (
+            "with_bytes",
+            outcome(&slab.with_bytes(common::whole(raw), |b| b.len())),
+        ),
         (
             "update_bytes",
-            outcome(&slab.update_bytes(&raw, |b| b[0] = 1)),
+            outcome(&slab.update_bytes(common::whole(raw), |b| b[0] = 1)),
         ),
         ("get", outcome(&slab.get(slice, 0))),
         ("set", outcome(&slab.set(slice, 0, 1))),
         ("read_into", outcome(&slab.read_into(slice, &mut out))),
         ("write_from", outcome(&slab.write_from(slice, &out))),
-        ("persist", outcome(&slab.persist(&raw))),
-        ("adopt", outcome(&slab.adopt(&raw))),
+        ("persist", outcome(&slab.persist(raw))),
+        ("adopt", outcome(&slab.adopt(raw))),
         ("trim", outcome(&slab.trim())),
         ("refresh", outcome(&slab.refresh())),
         ("reclaim_dead", outcome(&slab.reclaim_dead())),

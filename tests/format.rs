@@ -10,7 +10,8 @@
 mod common;
 
 use common::live::XorShift;
-use shmslab::{Error, FORMAT_VERSION, MAX_EXTENTS, Slab};
+use shmslab::limits::{FORMAT_VERSION, MAX_EXTENTS};
+use shmslab::{Error, Slab};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -521,9 +522,9 @@ fn forged_class_word_fails_cleanly(name: &str, at: usize, value: u64) {
     }
     for (i, h) in handles.iter().enumerate() {
         let tag = (i as u64).to_ne_bytes();
-        if slab.write_bytes(h, 0, &tag).is_ok() {
+        if slab.write_bytes(*h, 0, &tag).is_ok() {
             let mut back = [0u8; 8];
-            slab.read_bytes(h, 0, &mut back)
+            slab.read_bytes(*h, 0, &mut back)
                 .unwrap_or_else(|e| panic!("{name}: read after write: {e:?}"));
             assert_eq!(back, tag, "{name}: slot {i} lost its bytes");
         }
@@ -875,10 +876,10 @@ fn exercise(slab: &Slab) -> Result<(), String> {
             Err(_) => break,
         }
     }
-    live.retain(|(h, i)| slab.write_bytes(h, 0, &i.to_ne_bytes()).is_ok());
+    live.retain(|(h, i)| slab.write_bytes(*h, 0, &i.to_ne_bytes()).is_ok());
     for (h, i) in &live {
         let mut back = [0u8; 8];
-        if slab.read_bytes(h, 0, &mut back).is_ok() && u64::from_ne_bytes(back) != *i {
+        if slab.read_bytes(*h, 0, &mut back).is_ok() && u64::from_ne_bytes(back) != *i {
             return Err(format!("slot {h:?} holds another live slot's bytes"));
         }
     }

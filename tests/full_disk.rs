@@ -68,7 +68,7 @@ fn load(path: &Path) -> Vec<(SlotRef, u64, usize)> {
 fn verify(slab: &Slab, live: &[(SlotRef, u64, usize)]) -> usize {
     let mut buf = vec![0u8; 16384];
     for (h, key, len) in live {
-        slab.read_bytes(h, 0, &mut buf[..*len])
+        slab.read_bytes(common::whole(*h), 0, &mut buf[..*len])
             .unwrap_or_else(|e| panic!("existing slot {h:?} unreadable: {e}"));
         assert!(
             buf[..*len] == stamp(*len, *key)[..],
@@ -99,8 +99,8 @@ fn fill_until_growth_fails(path: &Path, handles: &Path) {
             match slab.alloc_bytes(size) {
                 Ok(h) => {
                     key += 1;
-                    slab.write_bytes(&h, 0, &stamp(size, key)).expect("write");
-                    live.push((h, key, size));
+                    slab.write_bytes(h, 0, &stamp(size, key)).expect("write");
+                    live.push((h.raw(), key, size));
                     n += 1;
                     assert!(n < 10_000_000, "growth never failed");
                 }
@@ -138,8 +138,8 @@ fn fill_until_growth_fails(path: &Path, handles: &Path) {
                 .alloc_bytes(len)
                 .unwrap_or_else(|e| panic!("round {round}: re-allocating a freed {len}: {e}"));
             key += 1;
-            slab.write_bytes(&h, 0, &stamp(len, key)).unwrap();
-            live.push((h, key, len));
+            slab.write_bytes(h, 0, &stamp(len, key)).unwrap();
+            live.push((h.raw(), key, len));
             reused += 1;
         }
     }
@@ -176,8 +176,8 @@ fn attach_afterwards(path: &Path, handles: &Path) {
         let (h, _, len) = live.pop().expect("slots");
         slab.free(h).expect("free another process's slot");
         let h2 = slab.alloc_bytes(len).expect("re-allocate");
-        slab.write_bytes(&h2, 0, &stamp(len, 77)).unwrap();
-        live.push((h2, 77, len));
+        slab.write_bytes(h2, 0, &stamp(len, 77)).unwrap();
+        live.push((h2.raw(), 77, len));
         reused += 1;
     }
     assert_eq!(verify(&slab, &live), live.len());

@@ -33,9 +33,9 @@ impl SlotWord {
         let bytes = std::fs::read(path).unwrap();
         let x = extents(&bytes)
             .into_iter()
-            .find(|x| x.class == h.class() && x.index == h.extent())
+            .find(|x| x.class == h.parts().class && x.index == h.parts().extent)
             .expect("the handle's extent");
-        let at = x.meta_at(h.index() as usize);
+        let at = x.meta_at(h.parts().index as usize);
         assert_eq!(at % 8, 0);
         SlotWord {
             words: SharedWords::open(path),
@@ -53,12 +53,13 @@ impl SlotWord {
 }
 
 fn same_slot(a: &SlotRef, b: &SlotRef) -> bool {
-    (a.class(), a.extent(), a.index()) == (b.class(), b.extent(), b.index())
+    let (a, b) = (a.parts(), b.parts());
+    (a.class, a.extent, a.index) == (b.class, b.extent, b.index)
 }
 
 fn read_u64(slab: &Slab, h: &SlotRef) -> Result<u64, Error> {
     let mut b = [0u8; 8];
-    slab.read_bytes(h, 0, &mut b)?;
+    slab.read_bytes(common::whole(*h), 0, &mut b)?;
     Ok(u64::from_ne_bytes(b))
 }
 
@@ -70,7 +71,7 @@ fn assert_never_acts(slab: &Slab, old: SlotRef, live: SlotRef, live_value: u64) 
         matches!(read, Err(Error::StaleHandle { .. })),
         "read of a handle from before the wrap: {read:?} (expected StaleHandle)"
     );
-    let write = slab.write_bytes(&old, 0, &[0xEE; 8]);
+    let write = slab.write_bytes(common::whole(old), 0, &[0xEE; 8]);
     assert!(
         matches!(write, Err(Error::StaleHandle { .. })),
         "write of a handle from before the wrap: {write:?}"
@@ -87,10 +88,10 @@ fn assert_never_acts(slab: &Slab, old: SlotRef, live: SlotRef, live_value: u64) 
 /// its class (and more) from the shared lists.
 fn assert_not_reused(slab: &Slab, retired: &SlotRef) {
     slab.trim().unwrap();
-    let slots = slab.stats().classes[retired.class()].slots as usize;
-    let size = slab.class_sizes()[retired.class()] as usize;
+    let slots = slab.stats().classes[retired.parts().class].slots as usize;
+    let size = slab.class_sizes()[retired.parts().class] as usize;
     let held: Vec<_> = (0..slots + 4)
-        .map(|_| slab.alloc_bytes(size).unwrap())
+        .map(|_| slab.alloc_bytes(size).unwrap().raw())
         .collect();
     for h in &held {
         assert!(!same_slot(h, retired), "the retired slot was reused: {h:?}");
@@ -115,8 +116,8 @@ fn a_handle_from_before_the_wrap_never_acts_and_the_slot_retires() {
 
     // The slot's first life: generation 1. Its free leaves it on top of
     // this thread's cache.
-    let first = slab.alloc_bytes(64).unwrap();
-    assert_eq!(first.generation(), 1);
+    let first = slab.alloc_bytes(64).unwrap().raw();
+    assert_eq!(first.parts().generation, 1);
     slab.free(first).unwrap();
 
     // Forge the slot's generation to two below the wrap, as 2³² − 3 more
@@ -128,17 +129,18 @@ fn a_handle_from_before_the_wrap_never_acts_and_the_slot_retires() {
     word.store(((u32::MAX as u64 - 1) << 32) | (cached & 0xFFFF_FFFF));
 
     // Its last two lives (the cache is LIFO: the same slot).
-    let before_last = slab.alloc_bytes(64).unwrap();
+    let before_last = slab.alloc_bytes(64).unwrap().raw();
     assert!(same_slot(&before_last, &first));
-    assert_eq!(before_last.generation(), u32::MAX);
-    slab.write_bytes(&before_last, 0, &7u64.to_ne_bytes())
+    assert_eq!(before_last.parts().generation, u32::MAX);
+    slab.write_bytes(common::whole(before_last), 0, &7u64.to_ne_bytes())
         .unwrap();
     assert_eq!(read_u64(&slab, &before_last).unwrap(), 7);
     slab.free(before_last).unwrap();
 
     // Across the wrap: the slot has no generation left.
-    let next = slab.alloc_bytes(64).unwrap();
-    slab.write_bytes(&next, 0, &42u64.to_ne_bytes()).unwrap();
+    let next = slab.alloc_bytes(64).unwrap().raw();
+    slab.write_bytes(common::whole(next), 0, &42u64.to_ne_bytes())
+        .unwrap();
     assert_never_acts(&slab, first, next, 42);
     assert_never_acts(&slab, before_last, next, 42);
     assert!(
@@ -179,21 +181,24 @@ fn one_slot_through_all_its_generations_retires_and_no_old_handle_acts() {
     let slab = Slab::builder().classes(&[64]).create(&path).unwrap();
     let started = std::time::Instant::now();
 
-    let first = slab.alloc_bytes(64).unwrap();
+    let first = slab.alloc_bytes(64).unwrap().raw();
     slab.free(first).unwrap();
-    let first_reuse = slab.alloc_bytes(64).unwrap();
+    let first_reuse = slab.alloc_bytes(64).unwrap().raw();
     assert!(same_slot(&first_reuse, &first));
-    assert_eq!(first_reuse.generation(), 2);
+    assert_eq!(first_reuse.parts().generation, 2);
     let mut h = first_reuse;
     for _ in 2..u32::MAX {
         slab.free(h).unwrap();
-        h = slab.alloc_bytes(64).unwrap();
+        h = slab.alloc_bytes(64).unwrap().raw();
         // Cheap enough per pair: the loop reuses one slot, nothing else.
         if !same_slot(&h, &first) {
-            panic!("left the slot at generation {}: {h:?}", h.generation());
+            panic!(
+                "left the slot at generation {}: {h:?}",
+                h.parts().generation
+            );
         }
     }
-    assert_eq!(h.generation(), u32::MAX);
+    assert_eq!(h.parts().generation, u32::MAX);
     slab.free(h).unwrap();
     eprintln!(
         "{} alloc/free pairs on one slot in {:.1?}",
@@ -205,12 +210,13 @@ fn one_slot_through_all_its_generations_retires_and_no_old_handle_acts() {
     // first life's handle nor the first reuse's (whose generations a
     // wrapped counter would give next) ever acts.
     for round in 0..4u64 {
-        let next = slab.alloc_bytes(64).unwrap();
+        let next = slab.alloc_bytes(64).unwrap().raw();
         assert!(
             !same_slot(&next, &first),
             "reused in round {round}: {next:?}"
         );
-        slab.write_bytes(&next, 0, &round.to_ne_bytes()).unwrap();
+        slab.write_bytes(common::whole(next), 0, &round.to_ne_bytes())
+            .unwrap();
         assert_never_acts(&slab, first, next, round);
         assert_never_acts(&slab, first_reuse, next, round);
         assert_never_acts(&slab, h, next, round);

@@ -100,8 +100,8 @@ fn worker(path: &Path, progress: &AtomicU64, millis: u64, seed: u64) -> Tally {
                     let len = 1 + rng.below(size) as usize;
                     if let Ok(h) = t.note("alloc", slab.alloc_bytes(len)) {
                         let key = rng.next_u64();
-                        let _ = t.note("write", slab.write_bytes(&h, 0, &stamp(len, key)));
-                        live.push((h, key, len));
+                        let _ = t.note("write", slab.write_bytes(h, 0, &stamp(len, key)));
+                        live.push((h.raw(), key, len));
                     }
                 }
                 8..14 if !live.is_empty() => {
@@ -110,8 +110,11 @@ fn worker(path: &Path, progress: &AtomicU64, millis: u64, seed: u64) -> Tally {
                 }
                 14..19 if !live.is_empty() => {
                     let (h, key, len) = live[rng.below(live.len() as u64) as usize];
-                    if t.note("read", slab.read_bytes(&h, 0, &mut buf[..len]))
-                        .is_ok()
+                    if t.note(
+                        "read",
+                        slab.read_bytes(common::whole(h), 0, &mut buf[..len]),
+                    )
+                    .is_ok()
                         && buf[..len] != stamp(len, key)[..]
                     {
                         // The vandal's garbage can hand one slot out twice
@@ -749,8 +752,8 @@ fn stamped_segment(path: &Path) -> (Slab, Vandal, Vec<(SlotRef, u64, usize)>) {
         for k in 0..20u64 {
             let h = slab.alloc_bytes(size).unwrap();
             let key = (i as u64) << 32 | k;
-            slab.write_bytes(&h, 0, &stamp(size, key)).unwrap();
-            live.push((h, key, size));
+            slab.write_bytes(h, 0, &stamp(size, key)).unwrap();
+            live.push((h.raw(), key, size));
         }
     }
     let v = Vandal::open(path, 7);
@@ -764,7 +767,7 @@ fn fill(slab: &Slab, size: usize, n: usize) -> usize {
     for _ in 0..n {
         match slab.alloc_bytes(size) {
             Ok(h) => {
-                slab.write_bytes(&h, 0, &vec![0xEE; size]).unwrap();
+                slab.write_bytes(h, 0, &vec![0xEE; size]).unwrap();
                 got += 1;
             }
             Err(e) => {
@@ -779,7 +782,7 @@ fn fill(slab: &Slab, size: usize, n: usize) -> usize {
 fn assert_stamps_intact(slab: &Slab, live: &[(SlotRef, u64, usize)]) {
     for (h, key, len) in live {
         let mut got = vec![0u8; *len];
-        match slab.read_bytes(h, 0, &mut got) {
+        match slab.read_bytes(common::whole(*h), 0, &mut got) {
             Ok(()) => assert!(
                 got == stamp(*len, *key),
                 "live slot {h:?} was overwritten by a slot handed out over its bytes"
@@ -828,7 +831,7 @@ fn an_extent_a_peer_publishes_over_another_extent_is_refused() {
     // The forged extent is refused, so no live byte was handed out again...
     for (h, key, len) in &live {
         let mut got = vec![0u8; *len];
-        slab.read_bytes(h, 0, &mut got).unwrap();
+        slab.read_bytes(common::whole(*h), 0, &mut got).unwrap();
         assert!(got == stamp(*len, *key), "live slot {h:?} was overwritten");
     }
     // ...and the checker names the overlap the peer wrote.

@@ -52,7 +52,7 @@ fn child(path: &Path, how: &str) {
             let held: Vec<_> = (0..HELD)
                 .map(|i| {
                     let h = slab.alloc_bytes(64).unwrap();
-                    slab.write_bytes(&h, 0, &[i as u8 + 1; 64]).unwrap();
+                    slab.write_bytes(h, 0, &[i as u8 + 1; 64]).unwrap();
                     h
                 })
                 .collect();
@@ -62,7 +62,7 @@ fn child(path: &Path, how: &str) {
             let intact = held
                 .iter()
                 .enumerate()
-                .filter(|(i, h)| slab.read_bytes(h, 0, &mut b).is_ok() && b == [*i as u8 + 1; 64])
+                .filter(|(i, h)| slab.read_bytes(**h, 0, &mut b).is_ok() && b == [*i as u8 + 1; 64])
                 .count();
             say("intact", intact);
         }

@@ -74,10 +74,10 @@ fn stamp(slab: &Slab, held: &Held, pid: u64) {
     let mut head = [0u8; 16];
     head[..8].copy_from_slice(&pid.to_le_bytes());
     head[8..].copy_from_slice(&held.counter.to_le_bytes());
-    slab.write_bytes(&held.h, 0, &head)
+    slab.write_bytes(common::whole(held.h), 0, &head)
         .unwrap_or_else(|e| panic!("write stamp into {:?}: {e}", held.h));
     let tail = tail_stamp(pid, held.counter, held.len).to_le_bytes();
-    slab.write_bytes(&held.h, held.len - 8, &tail)
+    slab.write_bytes(common::whole(held.h), held.len - 8, &tail)
         .unwrap_or_else(|e| panic!("write tail into {:?}: {e}", held.h));
 }
 
@@ -87,8 +87,8 @@ fn verify(slab: &Slab, held: &Held, pid: u64) {
     let mut head = [0u8; 16];
     let mut tail = [0u8; 8];
     let read = slab
-        .read_bytes(&held.h, 0, &mut head)
-        .and_then(|()| slab.read_bytes(&held.h, held.len - 8, &mut tail));
+        .read_bytes(common::whole(held.h), 0, &mut head)
+        .and_then(|()| slab.read_bytes(common::whole(held.h), held.len - 8, &mut tail));
     if let Err(e) = read {
         panic!(
             "DUPLICATE/CORRUPTION: reading held slot {:?} (alloc #{} of {} bytes) failed: {e}; \
@@ -139,10 +139,14 @@ fn stress_child(args: &[String]) {
             let h = slab
                 .alloc_bytes(len)
                 .unwrap_or_else(|e| panic!("op {op}: alloc_bytes({len}) failed: {e}"));
-            let cap = slab.capacity(&h).expect("capacity of a new slot");
+            let cap = slab.capacity(h).expect("capacity of a new slot");
             assert!(cap >= len, "alloc_bytes({len}) gave a {cap}-byte slot");
             counter += 1;
-            let item = Held { h, len, counter };
+            let item = Held {
+                h: h.raw(),
+                len,
+                counter,
+            };
             stamp(&slab, &item, pid);
             held.push(item);
             allocs += 1;
@@ -501,10 +505,14 @@ fn passing_child(args: &[String]) {
                 let len = stress_size(&mut rng);
                 let h = slab.alloc_bytes(len).expect("alloc");
                 counter += 1;
-                let item = Held { h, len, counter };
+                let item = Held {
+                    h: h.raw(),
+                    len,
+                    counter,
+                };
                 stamp(&slab, &item, pid);
                 let msg = Sent {
-                    h,
+                    h: h.raw(),
                     pid,
                     counter,
                     len,
@@ -637,8 +645,8 @@ fn server_child(args: &[String]) {
                 let len: usize = len.parse().unwrap();
                 let byte: u8 = byte.parse().unwrap();
                 let h = slab.alloc_bytes(len).expect("alloc");
-                slab.write_bytes(&h, 0, &vec![byte; len]).expect("write");
-                say("HANDLE", handle_hex(h));
+                slab.write_bytes(h, 0, &vec![byte; len]).expect("write");
+                say("HANDLE", handle_hex(h.raw()));
             }
             ["FREE", hex] => {
                 let r = slab.free(handle_from_hex(hex));
@@ -646,7 +654,7 @@ fn server_child(args: &[String]) {
             }
             ["READ", hex, len] => {
                 let mut buf = vec![0u8; len.parse().unwrap()];
-                match slab.read_bytes(&handle_from_hex(hex), 0, &mut buf) {
+                match slab.read_bytes(common::whole(handle_from_hex(hex)), 0, &mut buf) {
                     Ok(()) => {
                         let uniform = buf.iter().all(|&b| b == buf[0]);
                         say("READ", format!("Ok {} {uniform}", buf[0]));
@@ -698,7 +706,7 @@ fn a_slot_allocated_in_one_process_is_freed_by_another_exactly_once_and_old_hand
     // Child A allocates; its handle reaches the parent as 16 bytes.
     let h = handle_from_hex(&ask(&mut a, "ALLOC 300 7", "HANDLE"));
     let mut buf = [0u8; 300];
-    slab.read_bytes(&h, 0, &mut buf)
+    slab.read_bytes(common::whole(h), 0, &mut buf)
         .expect("parent reads A's slot");
     assert!(buf.iter().all(|&b| b == 7), "the parent sees A's bytes");
 
@@ -730,8 +738,8 @@ fn a_slot_allocated_in_one_process_is_freed_by_another_exactly_once_and_old_hand
     // The freed slot sits on top of the parent's cache, so the parent's next
     // allocation of that class reuses it with a new generation.
     let h2 = slab.alloc_bytes(300).expect("realloc");
-    assert_eq!(h2.class(), h.class());
-    assert_ne!(h2.generation(), h.generation());
+    assert_eq!(h2.raw().parts().class, h.parts().class);
+    assert_ne!(h2.raw().parts().generation, h.parts().generation);
     assert_eq!(
         outcome(&slab.free(h)),
         "StaleHandle",
@@ -747,24 +755,28 @@ fn a_slot_allocated_in_one_process_is_freed_by_another_exactly_once_and_old_hand
     );
 
     // The new life of the slot is freed by B, once.
-    slab.write_bytes(&h2, 0, &[9u8; 300]).expect("write h2");
+    slab.write_bytes(h2, 0, &[9u8; 300]).expect("write h2");
     assert_eq!(
-        ask(&mut b, &format!("READ {} 300", handle_hex(h2)), "READ"),
+        ask(
+            &mut b,
+            &format!("READ {} 300", handle_hex(h2.raw())),
+            "READ"
+        ),
         "Ok 9 true"
     );
     assert_eq!(
-        ask(&mut b, &format!("FREE {}", handle_hex(h2)), "RESULT"),
+        ask(&mut b, &format!("FREE {}", handle_hex(h2.raw())), "RESULT"),
         "Ok"
     );
     assert_eq!(
-        ask(&mut a, &format!("FREE {}", handle_hex(h2)), "RESULT"),
+        ask(&mut a, &format!("FREE {}", handle_hex(h2.raw())), "RESULT"),
         "DoubleFree"
     );
     assert_eq!(outcome(&slab.free(h2)), "DoubleFree");
     assert_eq!(outcome(&slab.free(h)), "StaleHandle");
 
     // A handle with a made-up index names no slot.
-    let mut forged = h2.to_bytes();
+    let mut forged = h2.raw().to_bytes();
     forged[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
     assert_eq!(
         ask(&mut a, &format!("FREE {}", to_hex(&forged)), "RESULT"),
@@ -788,7 +800,7 @@ fn a_process_that_only_frees_returns_the_freed_slots_when_it_detaches() {
     }
     let (_dir, path, slab) = new_segment("free-only.shm");
     let handles: Vec<SlotRef> = (0..3)
-        .map(|_| slab.alloc_bytes(100).expect("alloc"))
+        .map(|_| slab.alloc_bytes(100).expect("alloc").raw())
         .collect();
     slab.trim().expect("trim");
     let mut a = server(TEST, &path);
@@ -853,7 +865,7 @@ fn race_child(args: &[String]) {
         // generation, so the other process's late free of the old handle
         // becomes stale rather than a double free.
         if r.is_ok() && rng.below(2) == 0 {
-            let size = slab.class_sizes()[h.class()] as usize;
+            let size = slab.class_sizes()[h.parts().class] as usize;
             kept.push(slab.alloc_bytes(size).expect("alloc"));
         }
     }
@@ -880,7 +892,11 @@ fn two_processes_racing_to_free_the_same_handles_free_each_exactly_once() {
     let slab = Slab::builder().create(&path).expect("create");
     let sizes = [64usize, 100, 500, 2000, 9000];
     let handles: Vec<SlotRef> = (0..N)
-        .map(|i| slab.alloc_bytes(sizes[i % sizes.len()]).expect("alloc"))
+        .map(|i| {
+            slab.alloc_bytes(sizes[i % sizes.len()])
+                .expect("alloc")
+                .raw()
+        })
         .collect();
     let file = dir.path().join("handles.bin");
     let bytes: Vec<u8> = handles.iter().flat_map(|h| h.to_bytes()).collect();
@@ -960,7 +976,7 @@ fn two_processes_racing_to_free_the_same_handles_free_each_exactly_once() {
 fn grower_child(args: &[String]) {
     let slab = Slab::attach(&args[0]).expect("attach");
     let growths: u64 = args[1].parse().unwrap();
-    let sizes = shmslab::DEFAULT_CLASSES;
+    let sizes = shmslab::limits::DEFAULT_CLASSES;
     say("READY", "");
     common::live::hear_exactly("GO");
     let start = slab.generation();

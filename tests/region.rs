@@ -9,7 +9,8 @@
 
 mod common;
 
-use shmslab::{Error, FileCleanup, MmapRegion, RegionOptions};
+use shmslab::Error;
+use shmslab::region::{FileCleanup, MmapRegion, RegionOptions};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -901,7 +902,7 @@ fn slab_growth_past_rlimit_fsize_is_an_error_and_the_slab_stays_usable() {
         let err = loop {
             match slab.alloc_bytes(16) {
                 Ok(h) => {
-                    slab.write_bytes(&h, 0, &(live.len() as u64).to_ne_bytes())
+                    slab.write_bytes(h, 0, &(live.len() as u64).to_ne_bytes())
                         .unwrap();
                     live.push(h);
                 }
@@ -921,7 +922,7 @@ fn slab_growth_past_rlimit_fsize_is_an_error_and_the_slab_stays_usable() {
         // Every slot is intact; a second try fails the same way.
         for (i, h) in live.iter().enumerate() {
             let mut back = [0u8; 8];
-            slab.read_bytes(h, 0, &mut back).unwrap();
+            slab.read_bytes(*h, 0, &mut back).unwrap();
             assert_eq!(u64::from_ne_bytes(back), i as u64);
         }
         assert!(matches!(slab.alloc_bytes(16), Err(Error::Io { .. })));
@@ -959,7 +960,8 @@ fn slab_growth_past_rlimit_fsize_is_an_error_and_the_slab_stays_usable() {
 #[test]
 fn a_heap_region_too_large_to_exist_panics_instead_of_wrapping() {
     for (len, cap) in [(usize::MAX - 10, 0), (4096, usize::MAX)] {
-        let made = std::panic::catch_unwind(|| shmslab::HeapRegion::with_capacity(len, cap));
+        let made =
+            std::panic::catch_unwind(|| shmslab::region::HeapRegion::with_capacity(len, cap));
         assert!(made.is_err(), "len {len} capacity {cap} was accepted");
     }
 }

@@ -8,7 +8,8 @@
 //! The `HeapRegion` tests run under Miri (`cargo +nightly miri test --test
 //! single_width`); the `Slab` test maps a file, which Miri cannot.
 
-use shmslab::{HeapRegion, Slab};
+use shmslab::Slab;
+use shmslab::region::HeapRegion;
 
 /// Rounds for a racing loop: few under Miri, where each costs a lot.
 fn rounds(native: u32) -> u32 {

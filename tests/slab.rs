@@ -1,7 +1,7 @@
 //! The slot pool through `Slab`, in one process: size classes, growth,
 //! recycling, handle checks, ownership, configuration.
 
-use shmslab::{Error, Slab, SlotRef};
+use shmslab::{BytesHandle, Error, Slab, SlotRef};
 use std::collections::HashSet;
 
 fn segment() -> (tempfile::TempDir, Slab) {
@@ -25,7 +25,7 @@ fn allocation_uses_the_smallest_class_that_fits() {
         (1 << 20, 1 << 20),
     ] {
         let h = slab.alloc_bytes(len).unwrap();
-        assert_eq!(slab.capacity(&h).unwrap(), want, "len {len}");
+        assert_eq!(slab.capacity(h).unwrap(), want, "len {len}");
         slab.free(h).unwrap();
     }
     assert!(matches!(
@@ -72,13 +72,13 @@ fn allocation_falls_through_to_a_larger_class_only_when_growth_is_refused() {
     let mut small = Vec::new();
     let fell_through = loop {
         let h = slab.alloc_bytes(64).unwrap();
-        if h.class() == 1 {
+        if h.raw().parts().class == 1 {
             break h;
         }
         small.push(h);
         assert!(small.len() < 100_000);
     };
-    assert_eq!(slab.capacity(&fell_through).unwrap(), 1024);
+    assert_eq!(slab.capacity(fell_through).unwrap(), 1024);
     assert!(slab.stats().current_size <= 64 << 10);
     // Once class 1 is empty too, the cap is a clear error.
     let mut rest = Vec::new();
@@ -92,7 +92,7 @@ fn allocation_falls_through_to_a_larger_class_only_when_growth_is_refused() {
     assert!(matches!(err, Error::OutOfSpace { .. }), "{err}");
     // Freeing makes room again.
     slab.free(small.pop().unwrap()).unwrap();
-    assert_eq!(slab.alloc_bytes(64).unwrap().class(), 0);
+    assert_eq!(slab.alloc_bytes(64).unwrap().raw().parts().class, 0);
 }
 
 #[test]
@@ -101,13 +101,13 @@ fn a_freed_slot_comes_back_first_with_a_new_generation() {
     let a = slab.alloc_bytes(100).unwrap();
     slab.free(a).unwrap();
     let b = slab.alloc_bytes(100).unwrap();
-    assert_eq!(b.class(), a.class());
+    assert_eq!(b.raw().parts().class, a.raw().parts().class);
     assert_ne!(b, a);
-    assert_eq!(b.generation(), a.generation() + 1);
+    assert_eq!(b.raw().parts().generation, a.raw().parts().generation + 1);
     // Same slot: the old handle reads as stale, not as the new bytes.
-    slab.write_bytes(&b, 0, b"new life").unwrap();
+    slab.write_bytes(b, 0, b"new life").unwrap();
     assert!(matches!(
-        slab.read_bytes(&a, 0, &mut [0; 8]),
+        slab.read_bytes(a, 0, &mut [0; 8]),
         Err(Error::StaleHandle { .. })
     ));
 }
@@ -123,27 +123,27 @@ fn double_free_stale_and_invalid_handles_are_errors() {
     let mut bytes = again.to_bytes();
     bytes[12] = 30; // class
     assert!(matches!(
-        slab.free(SlotRef::from_bytes(bytes)),
+        slab.free(BytesHandle::from_bytes(bytes)),
         Err(Error::InvalidHandle { .. })
     ));
     let mut bytes = again.to_bytes();
     bytes[13] = 40; // extent
     assert!(matches!(
-        slab.read_bytes(&SlotRef::from_bytes(bytes), 0, &mut [0]),
+        slab.read_bytes(BytesHandle::from_bytes(bytes), 0, &mut [0]),
         Err(Error::InvalidHandle { .. })
     ));
     let mut bytes = again.to_bytes();
     bytes[4..8].copy_from_slice(&9_999_999u32.to_ne_bytes()); // index
     assert!(matches!(
-        slab.write_bytes(&SlotRef::from_bytes(bytes), 0, &[1]),
+        slab.write_bytes(BytesHandle::from_bytes(bytes), 0, &[1]),
         Err(Error::InvalidHandle { .. })
     ));
     assert!(matches!(
         slab.free(SlotRef::from_bytes([0; 16])),
-        Err(Error::ForeignHandle { .. } | Error::InvalidHandle { .. })
+        Err(Error::NullHandle)
     ));
     // The real handle still works.
-    slab.write_bytes(&again, 0, &[1, 2, 3]).unwrap();
+    slab.write_bytes(again, 0, &[1, 2, 3]).unwrap();
     slab.free(again).unwrap();
 }
 
@@ -155,7 +155,7 @@ fn a_handle_from_another_segment_is_refused() {
     let _ = two.alloc_bytes(64).unwrap(); // same slot position exists there
     assert!(matches!(two.free(h), Err(Error::ForeignHandle { .. })));
     assert!(matches!(
-        two.read_bytes(&h, 0, &mut [0]),
+        two.read_bytes(h, 0, &mut [0]),
         Err(Error::ForeignHandle { .. })
     ));
 }
@@ -164,22 +164,22 @@ fn a_handle_from_another_segment_is_refused() {
 fn byte_access_stays_inside_the_slot() {
     let (_d, slab) = segment();
     let h = slab.alloc_bytes(64).unwrap();
-    slab.write_bytes(&h, 60, &[9; 4]).unwrap();
+    slab.write_bytes(h, 60, &[9; 4]).unwrap();
     assert!(matches!(
-        slab.write_bytes(&h, 61, &[9; 4]),
+        slab.write_bytes(h, 61, &[9; 4]),
         Err(Error::OutOfBounds { .. })
     ));
     assert!(matches!(
-        slab.read_bytes(&h, usize::MAX, &mut [0; 4]),
+        slab.read_bytes(h, usize::MAX, &mut [0; 4]),
         Err(Error::OutOfBounds { .. })
     ));
     let sum = slab
-        .with_bytes(&h, |b| b[60..].iter().map(|&x| x as u32).sum::<u32>())
+        .with_bytes(h, |b| b[60..].iter().map(|&x| x as u32).sum::<u32>())
         .unwrap();
     assert_eq!(sum, 36);
-    slab.update_bytes(&h, |b| b[0] = 5).unwrap();
+    slab.update_bytes(h, |b| b[0] = 5).unwrap();
     let mut first = [0u8];
-    slab.read_bytes(&h, 0, &mut first).unwrap();
+    slab.read_bytes(h, 0, &mut first).unwrap();
     assert_eq!(first[0], 5);
 }
 
@@ -203,7 +203,7 @@ fn slots_are_owned_by_their_allocator_and_counted_by_check() {
     assert_eq!(report.classes[0].allocated, 9);
     assert_eq!(report.live_peers, 1);
     for h in &mine[1..] {
-        slab.read_bytes(h, 0, &mut [0]).unwrap();
+        slab.read_bytes(*h, 0, &mut [0]).unwrap();
     }
 }
 
@@ -227,11 +227,11 @@ fn persist_and_adopt_move_ownership() {
     let (d, slab) = segment();
     let other = Slab::attach(d.path().join("seg.shm")).unwrap();
     let h = slab.alloc_bytes(64).unwrap();
-    other.adopt(&h).unwrap();
-    slab.persist(&h).unwrap();
-    assert!(slab.persist(&SlotRef::from_bytes([0; 16])).is_err());
+    other.adopt(h).unwrap();
+    slab.persist(h).unwrap();
+    assert!(slab.persist(SlotRef::from_bytes([0; 16])).is_err());
     slab.free(h).unwrap();
-    assert!(matches!(other.adopt(&h), Err(Error::StaleHandle { .. })));
+    assert!(matches!(other.adopt(h), Err(Error::StaleHandle { .. })));
 }
 
 #[test]
@@ -259,7 +259,7 @@ fn the_configuration_round_trips_through_attach() {
     let a = Slab::attach(&path).unwrap();
     assert_eq!(a.class_sizes(), &classes);
     assert_eq!(a.segment_id(), id);
-    assert_eq!(a.capacity(&a.alloc_bytes(33).unwrap()).unwrap(), 96);
+    assert_eq!(a.capacity(a.alloc_bytes(33).unwrap()).unwrap(), 96);
     // Three roots fit, the fourth does not.
     for name in ["a", "b", "c"] {
         a.root_or_insert(name, 1u64).unwrap();
@@ -337,13 +337,13 @@ fn a_slab_is_shared_by_threads_that_free_each_others_slots() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Slab>();
     let (_d, slab) = segment();
-    let (tx, rx) = std::sync::mpsc::sync_channel::<SlotRef>(64);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<BytesHandle>(64);
     std::thread::scope(|s| {
         let slab = &slab;
         s.spawn(move || {
             for i in 0..20_000u32 {
                 let h = slab.alloc_bytes(16 + (i % 300) as usize).unwrap();
-                slab.write_bytes(&h, 0, &i.to_ne_bytes()).unwrap();
+                slab.write_bytes(h, 0, &i.to_ne_bytes()).unwrap();
                 tx.send(h).unwrap();
             }
         });
@@ -351,7 +351,7 @@ fn a_slab_is_shared_by_threads_that_free_each_others_slots() {
             for i in 0..20_000u32 {
                 let h = rx.recv().unwrap();
                 let mut b = [0u8; 4];
-                slab.read_bytes(&h, 0, &mut b).unwrap();
+                slab.read_bytes(h, 0, &mut b).unwrap();
                 assert_eq!(u32::from_ne_bytes(b), i);
                 slab.free(h).unwrap();
             }
@@ -361,14 +361,14 @@ fn a_slab_is_shared_by_threads_that_free_each_others_slots() {
                 let mut mine = Vec::new();
                 for i in 0..20_000u64 {
                     if i % 3 == 2 {
-                        let h: SlotRef = mine.pop().unwrap();
+                        let h: BytesHandle = mine.pop().unwrap();
                         let mut b = [0u8; 8];
-                        slab.read_bytes(&h, 0, &mut b).unwrap();
-                        assert_eq!(u64::from_ne_bytes(b), h.generation() as u64);
+                        slab.read_bytes(h, 0, &mut b).unwrap();
+                        assert_eq!(u64::from_ne_bytes(b), h.raw().parts().generation as u64);
                         slab.free(h).unwrap();
                     } else {
                         let h = slab.alloc_bytes(64).unwrap();
-                        slab.write_bytes(&h, 0, &(h.generation() as u64).to_ne_bytes())
+                        slab.write_bytes(h, 0, &(h.raw().parts().generation as u64).to_ne_bytes())
                             .unwrap();
                         mine.push(h);
                     }

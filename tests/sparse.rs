@@ -17,7 +17,8 @@ mod hardening;
 
 use common::tmpfs::{SmallTmpfs, fill};
 use hardening::{extents, messages, say, stamp};
-use shmslab::{Error, FileCleanup, MmapRegion, Slab, SlotRef};
+use shmslab::region::{FileCleanup, MmapRegion};
+use shmslab::{Error, Slab, SlotRef};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -87,12 +88,12 @@ fn write_every_free_slot(slab: &Slab) -> usize {
                 .alloc_bytes(size)
                 .unwrap_or_else(|e| panic!("class {c}: slot {i} of {} free: {e}", k.free));
             let key = (c as u64) << 32 | i;
-            slab.write_bytes(&h, 0, &stamp(size, key)).unwrap();
-            mine.push((h, key));
+            slab.write_bytes(h, 0, &stamp(size, key)).unwrap();
+            mine.push((h.raw(), key));
         }
         let mut buf = vec![0u8; size];
         for (h, key) in &mine {
-            slab.read_bytes(h, 0, &mut buf).unwrap();
+            slab.read_bytes(common::whole(*h), 0, &mut buf).unwrap();
             assert!(buf == stamp(size, *key), "class {c}: a slot lost its data");
         }
         n += mine.len();
@@ -245,7 +246,7 @@ fn slab_observe(dir: &Path) {
     let mut held = Vec::new();
     while grower.stats().classes[c].extents < 2 {
         let h = grower.alloc_bytes(size).unwrap();
-        grower.write_bytes(&h, 0, &[0x3C; 64]).unwrap();
+        grower.write_bytes(h, 0, &[0x3C; 64]).unwrap();
         held.push(h);
     }
     let bytes = std::fs::read(&path).unwrap();
@@ -295,7 +296,7 @@ fn slab_observe(dir: &Path) {
     let n = write_every_free_slot(&late);
     for h in held {
         let mut b = [0u8; 64];
-        late.read_bytes(&h, 0, &mut b).unwrap();
+        late.read_bytes(h, 0, &mut b).unwrap();
         assert_eq!(b, [0x3C; 64]);
         grower.free(h).unwrap();
     }
@@ -315,8 +316,8 @@ fn make_segment(path: &Path) {
     slab.root_or_insert("stats", [7u64; 4]).unwrap();
     for i in 0..20 {
         let h = slab.alloc_bytes(64).unwrap();
-        slab.write_bytes(&h, 0, &stamp(64, i)).unwrap();
-        slab.persist(&h).unwrap();
+        slab.write_bytes(h, 0, &stamp(64, i)).unwrap();
+        slab.persist(h).unwrap();
     }
 }
 

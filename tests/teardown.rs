@@ -30,10 +30,13 @@ fn allocate_many(tag: u64) {
         assert_eq!(slab.read(*h).expect("a live slot reads back"), tag);
     }
     let mut live = LIVE.lock().unwrap();
-    live.extend(
-        mine.iter()
-            .map(|h| (h.raw().extent(), h.raw().index(), h.raw().generation())),
-    );
+    live.extend(mine.iter().map(|h| {
+        (
+            h.raw().parts().extent,
+            h.raw().parts().index,
+            h.raw().parts().generation,
+        )
+    }));
 }
 
 struct LateUser;

@@ -146,29 +146,25 @@ fn everything(slab: &Slab) -> Result<usize, String> {
     let b = slab
         .alloc_bytes(100)
         .map_err(|e| format!("alloc_bytes: {e}"))?;
-    op("capacity", slab.capacity(&b).map(|n| n >= 100))?;
+    op("capacity", slab.capacity(b).map(|n| n >= 100))?;
     op(
         "write_bytes",
-        slab.write_bytes(&b, 0, b"late").map(|()| true),
+        slab.write_bytes(b, 0, b"late").map(|()| true),
     )?;
     let mut buf = [0u8; 4];
-    op(
-        "read_bytes",
-        slab.read_bytes(&b, 0, &mut buf).map(|()| true),
-    )?;
+    op("read_bytes", slab.read_bytes(b, 0, &mut buf).map(|()| true))?;
     op("read_bytes result", Ok(&buf == b"late"))?;
     op(
         "with_bytes",
-        slab.with_bytes(&b, |bytes| bytes.starts_with(b"late")),
+        slab.with_bytes(b, |bytes| bytes.starts_with(b"late")),
     )?;
     op(
         "update_bytes",
-        slab.update_bytes(&b, |bytes| bytes[0] = b'L')
-            .map(|()| true),
+        slab.update_bytes(b, |bytes| bytes[0] = b'L').map(|()| true),
     )?;
     op(
         "with_bytes after update",
-        slab.with_bytes(&b, |x| x[0] == b'L'),
+        slab.with_bytes(b, |x| x[0] == b'L'),
     )?;
     let r = slab
         .root_or_insert("late", 11u64)

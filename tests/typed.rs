@@ -96,7 +96,7 @@ fn pod_values_of_many_shapes_round_trip() {
 fn a_64_byte_aligned_type_gets_a_64_byte_aligned_slot() {
     let (_d, slab) = segment();
     let h = slab.alloc(Line { bytes: [1; 64] }).unwrap();
-    assert!(slab.capacity(&h.raw()).unwrap() >= 64);
+    assert!(slab.capacity(h.raw()).unwrap() >= 64);
     assert_eq!(slab.read(h).unwrap().bytes, [1; 64]);
 }
 
@@ -126,7 +126,7 @@ fn a_read_after_the_slot_was_freed_and_reused_is_stale() {
     let old = slab.alloc(11u64).unwrap();
     slab.free(old).unwrap();
     let new = slab.alloc(22u64).unwrap();
-    assert_eq!(new.raw().class(), old.raw().class());
+    assert_eq!(new.raw().parts().class, old.raw().parts().class);
     assert!(matches!(slab.read(old), Err(Error::StaleHandle { .. })));
     assert!(matches!(slab.write(old, 5), Err(Error::StaleHandle { .. })));
     assert_eq!(slab.read(new).unwrap(), 22);
@@ -307,7 +307,9 @@ fn a_root_asked_for_as_another_type_is_a_type_mismatch() {
                 name,
                 stored,
                 requested,
+                requested_type,
             } => {
+                assert!(!requested_type.is_empty());
                 assert_eq!(name, "thing");
                 assert_ne!(stored, requested);
             }
@@ -323,7 +325,7 @@ fn root_names_are_checked_and_the_table_can_fill() {
         .roots(2)
         .create(dir.path().join("r.shm"))
         .unwrap();
-    let long = "x".repeat(shmslab::MAX_ROOT_NAME + 1);
+    let long = "x".repeat(shmslab::limits::MAX_ROOT_NAME + 1);
     assert!(matches!(
         slab.root::<u8>(&long),
         Err(Error::BadRootName { .. })
@@ -332,7 +334,7 @@ fn root_names_are_checked_and_the_table_can_fill() {
         slab.root_or_insert("", 1u8),
         Err(Error::BadRootName { .. })
     ));
-    let max = "y".repeat(shmslab::MAX_ROOT_NAME);
+    let max = "y".repeat(shmslab::limits::MAX_ROOT_NAME);
     slab.root_or_insert(&max, 1u8).unwrap();
     slab.root_or_insert("two", 2u8).unwrap();
     assert!(matches!(

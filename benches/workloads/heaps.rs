@@ -48,7 +48,7 @@ impl Heap for ShmHeap<'_> {
     #[inline(always)]
     fn alloc(&self, size: usize) -> SlotRef {
         match self.0.alloc_bytes(size) {
-            Ok(r) => r,
+            Ok(r) => r.raw(),
             Err(e) => fail("alloc_bytes", e),
         }
     }

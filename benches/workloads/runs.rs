@@ -645,7 +645,7 @@ pub fn build_attach_target(bytes: u64) -> AttachTarget {
     let mut keep: Vec<SlotRef> = Vec::new();
     while current < bytes {
         let size = SIZES[(rng.next() % SIZES.len() as u64) as usize];
-        keep.push(slab.alloc_bytes(size).expect("attach build: alloc"));
+        keep.push(slab.alloc_bytes(size).expect("attach build: alloc").raw());
         slots += 1;
         if slab.generation() != generation {
             generation = slab.generation();

@@ -23,7 +23,7 @@
 mod slot;
 
 pub(crate) use slot::LAST_GENERATION;
-pub use slot::{MAX_EXTENTS, MAX_SLOTS_PER_EXTENT, SlotRef};
+pub use slot::{MAX_EXTENTS, MAX_SLOTS_PER_EXTENT, SlotParts, SlotRef};
 pub(crate) use slot::{Meta, SlotId, SlotState};
 
 use crate::error::{Error, Result};

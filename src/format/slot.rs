@@ -202,29 +202,35 @@ impl SlotRef {
         )
     }
 
-    /// The size class the slot belongs to.
-    pub fn class(&self) -> usize {
-        self.class as usize
+    /// The null handle: all zero bytes, never made by an allocation (no
+    /// segment has id 0). Using it is [`Error::NullHandle`](crate::Error::NullHandle);
+    /// it is also what [`Default`] and a zeroed slot give, so it marks an
+    /// empty entry in a table of handles.
+    pub const NULL: SlotRef = SlotRef {
+        segment: 0,
+        index: 0,
+        generation: 0,
+        class: 0,
+        extent: 0,
+        reserved: 0,
+    };
+
+    /// Whether this is [`SlotRef::NULL`].
+    pub fn is_null(&self) -> bool {
+        *self == Self::NULL
     }
 
-    /// The extent of its class that the slot is in.
-    pub fn extent(&self) -> usize {
-        self.extent as usize
-    }
-
-    /// The slot's index within its extent.
-    pub fn index(&self) -> u32 {
-        self.index
-    }
-
-    /// The generation (life) of the slot this handle names.
-    pub fn generation(&self) -> u32 {
-        self.generation
-    }
-
-    /// The id of the segment the handle was made in.
-    pub fn segment_id(&self) -> u32 {
-        self.segment
+    /// What the handle says it names, field by field, for tools that show
+    /// handles (`shmslab inspect`). Nothing here is checked: a forged handle
+    /// has forged parts.
+    pub fn parts(self) -> SlotParts {
+        SlotParts {
+            segment_id: self.segment,
+            class: self.class as usize,
+            extent: self.extent as usize,
+            index: self.index,
+            generation: self.generation,
+        }
     }
 
     /// The handle as 16 bytes, for sending to another process.
@@ -238,6 +244,21 @@ impl SlotRef {
         bytemuck::cast(bytes)
     }
 
+    /// The error for an access past the length a handle carries (a slice's
+    /// or a byte slot's): out of bounds, or, for the null handle (length 0),
+    /// [`Error::NullHandle`](crate::Error::NullHandle) like every other use.
+    #[cold]
+    pub(crate) fn past_len(self, offset: u64, len: u64, capacity: u64) -> crate::Error {
+        if self.is_null() {
+            return crate::Error::NullHandle;
+        }
+        crate::Error::OutOfBounds {
+            offset,
+            len,
+            capacity,
+        }
+    }
+
     #[inline(always)]
     pub(crate) fn to_words(self) -> [u64; 2] {
         bytemuck::cast(self)
@@ -245,6 +266,28 @@ impl SlotRef {
 
     pub(crate) fn from_words(words: [u64; 2]) -> Self {
         bytemuck::cast(words)
+    }
+}
+
+/// The fields of a [`SlotRef`], as [`SlotRef::parts`] reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotParts {
+    /// The id of the segment the handle was made in.
+    pub segment_id: u32,
+    /// The size class of the slot.
+    pub class: usize,
+    /// The extent of its class that the slot is in.
+    pub extent: usize,
+    /// The slot's index within its extent.
+    pub index: u32,
+    /// The life of the slot the handle names (1 for its first allocation).
+    pub generation: u32,
+}
+
+impl Default for SlotRef {
+    /// [`SlotRef::NULL`].
+    fn default() -> Self {
+        Self::NULL
     }
 }
 

@@ -66,7 +66,7 @@ fn freeing_a_slots_last_life_retires_it() {
     // In this process's cache, its last life next.
     forge_generation(&p, id, LAST_GENERATION - 1);
     let last = p.activate(0, id, me).unwrap().0;
-    assert_eq!(last.generation(), LAST_GENERATION);
+    assert_eq!(last.generation, LAST_GENERATION);
     free(&p, &last, me).unwrap();
     assert_eq!(load(&p, id), Meta::RETIRED);
     // Exactly one free of the last life acts.

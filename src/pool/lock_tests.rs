@@ -226,8 +226,8 @@ fn taking_each_lock_shows_progress() {
             "class" => drop(p.lock_class(0, o).unwrap()),
             "growth" => p.grow(0, 0, o).unwrap(),
             _ => {
-                let fp = crate::typed::fingerprint_of::<u64>();
-                let found = crate::typed::roots::get(p, o, "none", fp).unwrap();
+                let ty = crate::typed::root_type::<u64>();
+                let found = crate::typed::roots::get(p, o, "none", ty).unwrap();
                 assert!(found.is_none());
             }
         }

@@ -262,19 +262,14 @@ fn loom_models_a_dead_lock_holder_is_taken_over_once() {
 
 #[test]
 fn loom_models_two_root_or_insert_on_one_name_make_one_object() {
-    use crate::error::Fingerprint;
     use crate::typed::roots;
     model(|| {
         let [(p0, o0), (p1, o1)] = processes();
-        let fp = Fingerprint {
-            size: 8,
-            align: 8,
-            schema: 7,
-        };
+        let ty = crate::typed::root_type::<u64>();
         let t = thread::spawn(move || {
-            roots::get_or_insert(&p1, o1, "one", fp, || alloc(&p1, o1)).unwrap()
+            roots::get_or_insert(&p1, o1, "one", ty, || alloc(&p1, o1)).unwrap()
         });
-        let mine = roots::get_or_insert(&p0, o0, "one", fp, || alloc(&p0, o0)).unwrap();
+        let mine = roots::get_or_insert(&p0, o0, "one", ty, || alloc(&p0, o0)).unwrap();
         let theirs = t.join().unwrap();
         assert_eq!(mine, theirs);
         let report = crate::check::check_pool(&p0, None).unwrap();

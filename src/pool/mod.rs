@@ -376,7 +376,7 @@ impl<M: Memory> Pool<M> {
     #[inline(always)]
     pub(crate) fn check_ref(&self, h: &SlotRef) -> Result<(usize, SlotId, SlotAddr)> {
         if h.segment != self.geo.segment_id {
-            return Err(foreign(self.geo.segment_id, h.segment));
+            return Err(not_ours(self.geo.segment_id, h));
         }
         if !h.well_formed() {
             return Err(invalid("malformed handle"));
@@ -488,6 +488,17 @@ impl<M: Memory> Pool<M> {
             }
         }
         Err(keeps_changing(h))
+    }
+
+    /// Whether `h` names a live allocation: `false` for the null handle and
+    /// for a slot freed (or reused, or retired) since; an error only for a
+    /// handle that names no slot of this segment.
+    pub(crate) fn is_live(&self, h: &SlotRef) -> Result<bool> {
+        if h.is_null() {
+            return Ok(false);
+        }
+        let (_, _, addr) = self.check_ref(h)?;
+        Ok(Meta(self.meta(addr).load(Ordering::Acquire)).is_live(h.generation))
     }
 
     /// The size of the live slot `h` names.
@@ -631,9 +642,16 @@ fn invalid(why: &'static str) -> Error {
     Error::InvalidHandle { why }
 }
 
+/// A handle whose segment id is not this segment's: the null handle, a
+/// handle with the null segment id (which no segment has), or another
+/// segment's.
 #[cold]
-fn foreign(expected: u32, found: u32) -> Error {
-    Error::ForeignHandle { expected, found }
+fn not_ours(expected: u32, h: &SlotRef) -> Error {
+    match h.segment {
+        _ if h.is_null() => Error::NullHandle,
+        0 => invalid("segment id 0, which no segment has"),
+        found => Error::ForeignHandle { expected, found },
+    }
 }
 
 #[cold]

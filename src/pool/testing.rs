@@ -1,4 +1,4 @@
-//! Pools on one shared [`HeapRegion`](crate::HeapRegion) with simulated
+//! Pools on one shared [`HeapRegion`](crate::region::HeapRegion) with simulated
 //! liveness, one pool per simulated process, for unit tests and loom.
 
 use super::{Liveness, Owner, Pool};

@@ -14,7 +14,7 @@ use crate::sync::{AtomicU64, Ordering};
 /// Zeroed, 64-byte aligned memory with a fixed capacity and a growing length.
 ///
 /// ```
-/// use shmslab::HeapRegion;
+/// use shmslab::region::HeapRegion;
 /// let heap = HeapRegion::with_capacity(4096, 1 << 20);
 /// assert_eq!(heap.len(), 4096);
 /// heap.resize(8192).unwrap();

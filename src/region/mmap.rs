@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 /// `MmapOptions`.
 ///
 /// ```
-/// use shmslab::{FileCleanup, RegionOptions};
+/// use shmslab::region::{FileCleanup, RegionOptions};
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("opts.shm");
 /// let region = RegionOptions::new()
@@ -280,7 +280,7 @@ fn invalid(path: &Path, op: &'static str, msg: &'static str) -> Error {
 /// never deletes it.
 ///
 /// ```
-/// use shmslab::{FileCleanup, MmapRegion};
+/// use shmslab::region::{FileCleanup, MmapRegion};
 /// let dir = tempfile::tempdir()?;
 /// let path = dir.path().join("seg.shm");
 /// let owner = MmapRegion::create(&path, 4096, FileCleanup::Manual)?;

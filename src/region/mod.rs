@@ -1,8 +1,9 @@
-//! Memory that processes share: a file mapped with `MAP_SHARED`
-//! ([`MmapRegion`]), or a heap buffer that stands in for one in unit tests and
-//! loom models ([`HeapRegion`]).
+//! Memory that processes share, below the allocator: a file mapped with
+//! `MAP_SHARED` ([`MmapRegion`], the seed's region, public and usable on its
+//! own), or a heap buffer that stands in for one in unit tests and loom
+//! models ([`HeapRegion`]). A user of [`Slab`](crate::Slab) needs none of it.
 //!
-//! The layers above reach memory only through the crate-internal [`Memory`]
+//! The allocator reaches memory only through a crate-internal `Memory`
 //! trait: aligned 64-bit atomic words for metadata, and byte copies for slot
 //! contents, themselves made of whole aligned word accesses (the
 //! single-width rule in `sync`). Nothing hands out a `&[u8]` or `&T` into shared memory, because
@@ -86,7 +87,7 @@ impl<'a> Region<'a> {
     /// Returns `None` when the range does not lie inside the view.
     ///
     /// ```
-    /// # use shmslab::{HeapRegion};
+    /// # use shmslab::region::HeapRegion;
     /// let heap = HeapRegion::new(4096);
     /// let region = heap.region();
     /// region.write(10, b"hi").unwrap();

@@ -118,7 +118,7 @@ impl SlabBuilder {
     }
 
     /// How many processes may be attached at once, 1 to
-    /// [`MAX_PEERS`](crate::MAX_PEERS) (64 bytes of the file each). Default
+    /// [`MAX_PEERS`](crate::limits::MAX_PEERS) (64 bytes of the file each). Default
     /// [`DEFAULT_PEERS`] (1024).
     pub fn peers(mut self, n: usize) -> Self {
         self.peers = n;

@@ -1,11 +1,13 @@
 //! [`Slab`]: the one front door.
 
 mod builder;
+mod bytes;
 mod cache;
 mod local;
 mod stats;
 
 pub use builder::{DEFAULT_CLASSES, DEFAULT_PEERS, SlabBuilder};
+pub use bytes::BytesHandle;
 pub use stats::{ClassStats, Stats};
 
 use crate::error::{Error, Result};
@@ -50,9 +52,9 @@ use std::path::Path;
 /// let slab = Slab::builder().create(dir.path().join("seg.shm"))?;
 ///
 /// let slot = slab.alloc_bytes(100)?;           // lands in the 128-byte class
-/// slab.write_bytes(&slot, 0, b"hello")?;
+/// slab.write_bytes(slot, 0, b"hello")?;
 /// let mut buf = [0u8; 5];
-/// slab.read_bytes(&slot, 0, &mut buf)?;
+/// slab.read_bytes(slot, 0, &mut buf)?;
 /// assert_eq!(&buf, b"hello");
 /// slab.free(slot)?;
 /// assert!(slab.free(slot).is_err());            // double free is an error
@@ -306,24 +308,6 @@ impl Slab {
             })
     }
 
-    /// Allocates a slot of at least `len` bytes (contents unspecified: a
-    /// reused slot keeps its old bytes). The slot belongs to this process
-    /// until freed; if the process dies first, [`reclaim_dead`](Slab::reclaim_dead)
-    /// frees it.
-    ///
-    /// ```
-    /// # let dir = tempfile::tempdir()?;
-    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
-    /// let slot = slab.alloc_bytes(1000)?;
-    /// assert_eq!(slab.capacity(&slot)?, 1024);
-    /// assert!(slab.alloc_bytes(2 << 20).is_err()); // larger than the largest class
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    #[inline(always)]
-    pub fn alloc_bytes(&self, len: usize) -> Result<SlotRef> {
-        Ok(self.alloc_slot(len as u64, 1)?.1)
-    }
-
     /// Allocates a slot for `size` bytes aligned to `align`: the one path of
     /// every allocation. Returns the pool too, so the caller fills the slot
     /// without checking for a fork again.
@@ -528,53 +512,48 @@ impl Slab {
         result
     }
 
-    /// The size of the live slot a handle names.
+    /// The size of the live slot a handle names (at least what was asked
+    /// for: the size of its class).
     #[inline]
-    pub fn capacity(&self, handle: &SlotRef) -> Result<usize> {
-        self.pool()?.live_size(handle).map(|size| size as usize)
+    pub fn capacity(&self, handle: impl Into<SlotRef>) -> Result<usize> {
+        self.pool()?
+            .live_size(&handle.into())
+            .map(|size| size as usize)
     }
 
-    /// Copies `src` into the slot at `offset`.
-    #[inline(always)]
-    pub fn write_bytes(&self, handle: &SlotRef, offset: usize, src: &[u8]) -> Result<()> {
-        self.pool()?.write_at(handle, offset as u64, src)
-    }
-
-    /// Copies bytes of the slot from `offset` into `dst`. If the slot is
-    /// freed or reused during the copy, the result is `StaleHandle`.
-    #[inline(always)]
-    pub fn read_bytes(&self, handle: &SlotRef, offset: usize, dst: &mut [u8]) -> Result<()> {
-        self.pool()?.read_at(handle, offset as u64, dst)
-    }
-
-    /// Runs `f` on a private copy of the whole slot.
-    pub fn with_bytes<R>(&self, handle: &SlotRef, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        let mut copy = vec![0u8; self.capacity(handle)?];
-        self.read_bytes(handle, 0, &mut copy)?;
-        Ok(f(&copy))
-    }
-
-    /// Runs `f` on a private copy of the whole slot, then writes it back.
-    pub fn update_bytes(&self, handle: &SlotRef, f: impl FnOnce(&mut [u8])) -> Result<()> {
-        let mut copy = vec![0u8; self.capacity(handle)?];
-        self.read_bytes(handle, 0, &mut copy)?;
-        f(&mut copy);
-        self.write_bytes(handle, 0, &copy)
+    /// Whether the handle names a live allocation now: `false` for a null
+    /// handle and for a slot freed since (whoever freed it). An error only
+    /// for a handle that names no slot of this segment (forged, or another
+    /// segment's), or in a forked child.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// use shmslab::Handle;
+    /// let h = slab.alloc(1u64)?;
+    /// assert!(slab.is_live(h)?);
+    /// slab.free(h)?;
+    /// assert!(!slab.is_live(h)?);
+    /// assert!(!slab.is_live(Handle::<u64>::NULL)?);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_live(&self, handle: impl Into<SlotRef>) -> Result<bool> {
+        self.pool()?.is_live(&handle.into())
     }
 
     /// Hands the live slot to the segment: it is no longer freed if this
     /// process dies (use it for data that must outlive its allocator).
-    pub fn persist(&self, handle: &SlotRef) -> Result<()> {
-        self.pool()?.set_owner(handle, 0)
+    pub fn persist(&self, handle: impl Into<SlotRef>) -> Result<()> {
+        self.pool()?.set_owner(&handle.into(), 0)
     }
 
     /// Makes this process the owner of a live slot another process allocated
     /// (for example a message it received), so the slot is freed if this
     /// process dies rather than its allocator.
-    pub fn adopt(&self, handle: &SlotRef) -> Result<()> {
+    pub fn adopt(&self, handle: impl Into<SlotRef>) -> Result<()> {
         let pool = self.pool()?;
         self.owns_slots.store(true, Ordering::Relaxed);
-        pool.set_owner(handle, self.me.id)
+        pool.set_owner(&handle.into(), self.me.id)
     }
 
     /// Frees the slots of every attached process that has died (killed,

@@ -48,12 +48,24 @@ schema_for!(
 );
 impl<T: Schema, const N: usize> Schema for [T; N] where [T; N]: Pod {}
 
-/// The fingerprint a root of type `T` records.
-pub(crate) fn fingerprint_of<T: Schema>() -> Fingerprint {
-    Fingerprint {
-        size: size_of::<T>() as u64,
-        align: align_of::<T>() as u64,
-        schema: T::SCHEMA_ID.unwrap_or_else(|| fnv1a(std::any::type_name::<T>().as_bytes())),
+/// The type a root is asked for: the fingerprint the root table records,
+/// and the name an error shows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RootType {
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) name: &'static str,
+}
+
+/// What a root of type `T` records and is checked against.
+pub(crate) fn root_type<T: Schema>() -> RootType {
+    let name = std::any::type_name::<T>();
+    RootType {
+        fingerprint: Fingerprint {
+            size: size_of::<T>() as u64,
+            align: align_of::<T>() as u64,
+            schema: T::SCHEMA_ID.unwrap_or_else(|| fnv1a(name.as_bytes())),
+        },
+        name,
     }
 }
 
@@ -85,6 +97,19 @@ pub struct Handle<T> {
 }
 
 impl<T> Handle<T> {
+    /// The null handle: never made by an allocation, so using it is
+    /// [`Error::NullHandle`]. Also what [`Default`] and zeroed bytes give,
+    /// which makes it the natural "empty" entry of a table of handles.
+    pub const NULL: Handle<T> = Handle {
+        raw: SlotRef::NULL,
+        _type: PhantomData,
+    };
+
+    /// Whether this is [`Handle::NULL`].
+    pub fn is_null(self) -> bool {
+        self.raw.is_null()
+    }
+
     /// A typed handle over a raw one (checked when used).
     pub fn from_raw(raw: SlotRef) -> Self {
         Handle {
@@ -109,6 +134,12 @@ impl<T> Handle<T> {
     }
 }
 
+impl<T> Default for Handle<T> {
+    /// [`Handle::NULL`].
+    fn default() -> Self {
+        Self::NULL
+    }
+}
 impl<T> Clone for Handle<T> {
     fn clone(&self) -> Self {
         *self
@@ -165,19 +196,57 @@ pub struct SliceHandle<T> {
 }
 
 impl<T> SliceHandle<T> {
+    /// The null handle (all zero bytes, length 0): using it is
+    /// [`Error::NullHandle`]. Also what [`Default`] gives.
+    pub const NULL: SliceHandle<T> = SliceHandle {
+        raw: SlotRef::NULL,
+        len: 0,
+        _type: PhantomData,
+    };
+
+    /// Whether this is [`SliceHandle::NULL`].
+    pub fn is_null(self) -> bool {
+        self.raw.is_null() && self.len == 0
+    }
+
     /// Elements in the slice.
-    pub fn len(&self) -> usize {
+    pub fn len(self) -> usize {
         self.len as usize
     }
 
     /// Whether the slice has no elements.
-    pub fn is_empty(&self) -> bool {
+    pub fn is_empty(self) -> bool {
         self.len == 0
     }
 
     /// The untyped handle of the slot holding the slice.
     pub fn raw(self) -> SlotRef {
         self.raw
+    }
+
+    /// The handle as 24 bytes: the slot's 16, then the length.
+    pub fn to_bytes(self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..16].copy_from_slice(&self.raw.to_bytes());
+        out[16..].copy_from_slice(&self.len.to_ne_bytes());
+        out
+    }
+
+    /// A handle from 24 bytes (checked when used, the length included).
+    pub fn from_bytes(bytes: [u8; 24]) -> Self {
+        let (slot, len) = bytes.split_at(16);
+        SliceHandle {
+            raw: SlotRef::from_bytes(slot.try_into().expect("16 bytes")),
+            len: u64::from_ne_bytes(len.try_into().expect("8 bytes")),
+            _type: PhantomData,
+        }
+    }
+}
+
+impl<T> Default for SliceHandle<T> {
+    /// [`SliceHandle::NULL`].
+    fn default() -> Self {
+        Self::NULL
     }
 }
 
@@ -351,11 +420,7 @@ impl Slab {
     }
 
     fn element_offset<T>(&self, slice: &SliceHandle<T>, index: usize) -> Result<u64> {
-        let out_of_bounds = || Error::OutOfBounds {
-            offset: index as u64,
-            len: 1,
-            capacity: slice.len,
-        };
+        let out_of_bounds = || slice.raw.past_len(index as u64, 1, slice.len);
         if index as u64 >= slice.len {
             return Err(out_of_bounds());
         }
@@ -404,11 +469,7 @@ impl Slab {
 
     fn check_bulk<T>(&self, slice: &SliceHandle<T>, n: usize) -> Result<()> {
         if n as u64 > slice.len {
-            return Err(Error::OutOfBounds {
-                offset: 0,
-                len: n as u64,
-                capacity: slice.len,
-            });
+            return Err(slice.raw.past_len(0, n as u64, slice.len));
         }
         Ok(())
     }

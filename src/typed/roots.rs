@@ -10,7 +10,7 @@
 //! clears (the object, still owned by the dead process, is reclaimed); a crash
 //! after it leaves a ready root whose object reclaim keeps.
 
-use super::{Handle, Schema, fingerprint_of};
+use super::{Handle, RootType, Schema, root_type};
 use crate::error::{Error, Fingerprint, Result};
 use crate::fault::crash_point;
 use crate::format::{self, MAX_ROOT_NAME, SlotRef, hdr, root};
@@ -121,13 +121,14 @@ fn find<M: Memory>(pool: &Pool<M>, name: &str) -> Result<Option<(usize, Entry)>>
     Ok(None)
 }
 
-/// The handle stored under `name` if its fingerprint is `fp`.
-fn matching(name: &str, e: &Entry, fp: Fingerprint) -> Result<SlotRef> {
-    if e.fingerprint != fp {
+/// The handle stored under `name` if it holds a `ty`.
+fn matching(name: &str, e: &Entry, ty: RootType) -> Result<SlotRef> {
+    if e.fingerprint != ty.fingerprint {
         return Err(Error::TypeMismatch {
             name: name.to_string(),
             stored: e.fingerprint,
-            requested: fp,
+            requested: ty.fingerprint,
+            requested_type: ty.name,
         });
     }
     Ok(e.handle)
@@ -138,12 +139,12 @@ pub(crate) fn get<M: Memory>(
     pool: &Pool<M>,
     me: Owner,
     name: &str,
-    fp: Fingerprint,
+    ty: RootType,
 ) -> Result<Option<SlotRef>> {
     check_name(name)?;
     let _guard = lock_roots(pool, me)?;
     match find(pool, name)? {
-        Some((_, e)) => matching(name, &e, fp).map(Some),
+        Some((_, e)) => matching(name, &e, ty).map(Some),
         None => Ok(None),
     }
 }
@@ -155,14 +156,15 @@ pub(crate) fn get_or_insert<M: Memory>(
     pool: &Pool<M>,
     me: Owner,
     name: &str,
-    fp: Fingerprint,
+    ty: RootType,
     alloc: impl FnOnce() -> Result<SlotRef>,
 ) -> Result<SlotRef> {
     check_name(name)?;
     let _guard = lock_roots(pool, me)?;
     if let Some((_, e)) = find(pool, name)? {
-        return matching(name, &e, fp);
+        return matching(name, &e, ty);
     }
+    let fp = ty.fingerprint;
     let geo = &pool.geo;
     let slot = (0..geo.config.root_capacity)
         .find(|&i| matches!(entry_state(pool, i), Ok(root::EMPTY)))
@@ -247,7 +249,7 @@ impl Slab {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn root<T: Schema>(&self, name: &str) -> Result<Option<Handle<T>>> {
-        Ok(get(self.pool()?, self.me, name, fingerprint_of::<T>())?.map(Handle::from_raw))
+        Ok(get(self.pool()?, self.me, name, root_type::<T>())?.map(Handle::from_raw))
     }
 
     /// The handle under `name`; if there is none, allocates `init`, stores it
@@ -265,7 +267,7 @@ impl Slab {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn root_or_insert<T: Schema>(&self, name: &str, init: T) -> Result<Handle<T>> {
-        let raw = get_or_insert(self.pool()?, self.me, name, fingerprint_of::<T>(), || {
+        let raw = get_or_insert(self.pool()?, self.me, name, root_type::<T>(), || {
             Ok(self.alloc(init)?.raw())
         })?;
         Ok(Handle::from_raw(raw))
@@ -293,11 +295,15 @@ mod tests {
     use super::{get, get_or_insert, list_roots, remove};
     use crate::error::{Error, Fingerprint};
     use crate::pool::testing::{alloc_one, heap_processes};
+    use crate::typed::RootType;
 
-    const FP: Fingerprint = Fingerprint {
-        size: 8,
-        align: 8,
-        schema: 7,
+    const FP: RootType = RootType {
+        fingerprint: Fingerprint {
+            size: 8,
+            align: 8,
+            schema: 7,
+        },
+        name: "Table",
     };
 
     #[test]
@@ -326,10 +332,19 @@ mod tests {
         // and removes it.
         let (q, oq) = &procs[1];
         assert_eq!(get(q, *oq, "shared", FP).unwrap(), Some(handles[0]));
-        let other = Fingerprint { schema: 8, ..FP };
+        let other = RootType {
+            fingerprint: Fingerprint {
+                schema: 8,
+                ..FP.fingerprint
+            },
+            name: "OtherTable",
+        };
         assert!(matches!(
             get(q, *oq, "shared", other),
-            Err(Error::TypeMismatch { .. })
+            Err(Error::TypeMismatch {
+                requested_type: "OtherTable",
+                ..
+            })
         ));
         assert_eq!(list_roots(p).unwrap()[0].name, "shared");
         assert!(remove(q, *oq, "shared", |_| Ok(())).unwrap());

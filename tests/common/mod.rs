@@ -270,3 +270,11 @@ pub fn outcome<T>(r: &Result<T, shmslab::Error>) -> String {
         Err(e) => variant(e),
     }
 }
+
+/// A byte view of the whole slot a raw handle names, bounded by the slot
+/// alone: for tests that keep handles as `SlotRef`s (forged and stale ones
+/// included) and read or write their bytes.
+#[allow(dead_code)]
+pub fn whole(h: shmslab::SlotRef) -> shmslab::BytesHandle {
+    shmslab::BytesHandle::from_raw(h, shmslab::limits::MAX_SLOT_SIZE as usize)
+}

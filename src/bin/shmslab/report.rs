@@ -21,7 +21,7 @@ pub fn available(c: &ClassCheck) -> u64 {
 /// The slot size of the class a root's handle names (None if the class does
 /// not exist: the checker reports that root).
 pub fn root_slot_size(snap: &Snapshot, h: &SlotRef) -> Option<u64> {
-    snap.classes.get(h.class()).map(|c| c.slot_size)
+    snap.classes.get(h.parts().class).map(|c| c.slot_size)
 }
 
 fn findings_json(snap: &Snapshot) -> Value {
@@ -76,11 +76,11 @@ pub fn inspect_json(snap: &Snapshot) -> Value {
                 },
                 "handle": {
                     "hex": crate::hex(&h.to_bytes()),
-                    "segment_id": h.segment_id(),
-                    "class": h.class(),
-                    "extent": h.extent(),
-                    "index": h.index(),
-                    "generation": h.generation(),
+                    "segment_id": h.parts().segment_id,
+                    "class": h.parts().class,
+                    "extent": h.parts().extent,
+                    "index": h.parts().index,
+                    "generation": h.parts().generation,
                 },
                 "slot_size": root_slot_size(snap, &r.handle),
             })

@@ -202,7 +202,7 @@ pub fn inspect(snap: &Snapshot) -> String {
             .roots
             .iter()
             .map(|r| {
-                let h = &r.handle;
+                let h = r.handle.parts();
                 vec![
                     format!("{:?}", r.name),
                     format!(
@@ -211,10 +211,7 @@ pub fn inspect(snap: &Snapshot) -> String {
                     ),
                     format!(
                         "class {} ext {} idx {} gen {}",
-                        h.class(),
-                        h.extent(),
-                        h.index(),
-                        h.generation()
+                        h.class, h.extent, h.index, h.generation
                     ),
                     root_slot_size(snap, &r.handle)
                         .map(|s| s.to_string())
