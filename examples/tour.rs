@@ -19,8 +19,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-/// Counters shared through a named root; each process writes only its own
-/// fields, so plain read-modify-write is enough.
+/// Counters shared through a named root. `update` reads, modifies and writes
+/// back the whole struct, so two processes updating it at once could undo
+/// each other's fields: the parent writes its fields only after the worker
+/// has exited.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 #[bytemuck(crate = "shmslab::bytemuck")]
@@ -157,12 +159,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Work alongside the worker.
     let (mine, buffers, bytes) = work(&slab, 0x9E37_79B9_7F4A_7C15, 4000, "parent")?;
+    let status = child.wait()?;
     slab.update(stats, |s| {
         s.parent_records = mine.len() as u64;
         s.parent_buffers = buffers;
         s.parent_bytes = bytes;
     })?;
-    let status = child.wait()?;
     let mut out = String::new();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
