@@ -251,11 +251,11 @@ fn back_range(file: &File, path: &Path, read_only: bool, from: u64, to: u64) -> 
         }
         return Ok(());
     }
-    // A file with a block for every byte has no hole to fill: skip the
-    // fallocate, which on tmpfs, racing another process's extending
-    // fallocate, made that growth's new length invisible for a moment (an
-    // attach then read the file as truncated).
-    if !sys::may_have_holes(file).map_err(|e| Error::io("fstat", path, e))? {
+    // A range with no hole has nothing to fill: skip the fallocate, which on
+    // tmpfs, racing another process's extending fallocate, made that
+    // growth's new length invisible for a moment (an attach then read the
+    // file as truncated).
+    if !sys::may_have_holes(file, from, to - from).map_err(|e| Error::io("fstat", path, e))? {
         return Ok(());
     }
     sys::fill_holes(file, from, to - from).map_err(|e| Error::io("fallocate", path, e))
