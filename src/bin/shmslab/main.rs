@@ -423,7 +423,8 @@ fn reclaim(a: &ReclaimArgs) -> u8 {
     // peer, and detaching empties its row again. For a segment whose
     // lifetime is RemoveWhenLastDetaches this may be the last detach, which
     // removes the file (its last process died attached).
-    let removed = slab.detach().unwrap_or(false);
+    let detached = slab.detach();
+    let removed = matches!(detached, Ok(true));
     match result {
         Ok(r) => {
             let out = if a.json {
@@ -440,7 +441,16 @@ fn reclaim(a: &ReclaimArgs) -> u8 {
                 out
             };
             emit(&out);
-            EXIT_OK
+            // The reclaim happened; a detach that failed leaves this
+            // process's row for the next reclaim, and must not read as success.
+            match detached {
+                Ok(_) => EXIT_OK,
+                Err(e) => {
+                    let f = failure(&e, Access::ReadWrite);
+                    complain(path, &f);
+                    f.code
+                }
+            }
         }
         Err(e) => {
             let f = failure(&e, Access::ReadWrite);

@@ -279,9 +279,6 @@ pub fn inspect(snap: &Snapshot) -> String {
     let _ = writeln!(out);
     if snap.is_consistent() {
         let _ = writeln!(out, "check: consistent");
-        for n in &snap.notes {
-            let _ = writeln!(out, "  note: {n}");
-        }
     } else {
         let in_use = if snap.peers.iter().any(|p| p.alive) {
             "; live processes are using it, so a problem may be an operation caught half-way"
@@ -300,6 +297,10 @@ pub fn inspect(snap: &Snapshot) -> String {
         if snap.findings.len() > 5 {
             let _ = writeln!(out, "  ...");
         }
+    }
+    // Notes (a repair made or due) are not findings: shown either way.
+    for n in &snap.notes {
+        let _ = writeln!(out, "  note: {n}");
     }
     out
 }
