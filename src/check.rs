@@ -152,7 +152,7 @@ pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) 
         ),
         other => report.add(
             "growth journal",
-            format!("unknown state {other} (the next growth resets it)"),
+            format!("unknown state {other} (attach, reclaim_dead and the next growth reset it)"),
         ),
     }
     for c in 0..geo.class_count() {

@@ -189,6 +189,11 @@ pub(crate) fn depart<M: Memory>(
             Ok(false)
         }
     })();
+    // Emptying our row while still holding the lock is what makes the
+    // decision and the departure one step for the next detacher; but from
+    // here a waiter sees our token's row empty, judges us dead and may take
+    // the lock over (our release then fails quietly). So nothing may be done
+    // between the two lines below that needs the lock.
     let emptied = empty_row();
     drop(guard);
     let decided = decided?;

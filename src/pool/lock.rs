@@ -110,9 +110,10 @@ pub(crate) enum Liveness {
     /// attach fails (pid and start time in the row are for display only).
     ///
     /// Our own row reads as dead here (our lock does not conflict with
-    /// itself); callers skip it. The locks are taken on an open file
-    /// description of this process's own, apart from the mapping's, which a
-    /// forked child closes (`Memory::lock_file`).
+    /// itself); callers skip it. A `Slab` takes its locks on an open file
+    /// description of its own, apart from the mapping's, which a forked
+    /// child closes (`Memory::lock_file`); without one (the read-only
+    /// inspector, which takes no lock) questions go through the mapping's.
     File,
     /// A heap segment in tests and loom models: rows in `dead` (a bit mask)
     /// are dead, all others alive.
