@@ -70,6 +70,7 @@
 #[cfg(not(target_os = "linux"))]
 compile_error!("shmslab supports Linux only (it relies on OFD locks and fallocate)");
 
+pub mod atomics;
 mod check;
 mod error;
 #[cfg(feature = "fault-injection")]
@@ -80,6 +81,8 @@ mod fork;
 mod format;
 mod inspect;
 mod lifetime;
+pub mod locked;
+pub mod notifier;
 mod peers;
 mod pool;
 pub mod region;

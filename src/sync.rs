@@ -89,6 +89,93 @@ pub(crate) fn spin_hint() {
     std::hint::spin_loop();
 }
 
+/// Parks the calling thread while the low 32 bits of `word` are `seen`, for
+/// at most `timeout` (forever if `None`): a futex wait on the shared
+/// mapping, so any process's [`unpark`] on the same word wakes it. Returns
+/// on a wake, a change of the value, a signal or the timeout, and may return
+/// spuriously: callers re-check their condition in a loop.
+///
+/// The futex is the word's low half, which only the kernel reads as 32 bits
+/// (this process touches the word only as an `AtomicU64`). Under loom it
+/// yields; under Miri, which models no cross-process futex, it sleeps a
+/// little.
+pub(crate) fn park(word: &AtomicU64, seen: u32, timeout: Option<std::time::Duration>) {
+    #[cfg(all(not(loom), not(miri)))]
+    {
+        let ts;
+        let ts_ptr = match timeout {
+            Some(d) => {
+                ts = libc::timespec {
+                    tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+                    tv_nsec: d.subsec_nanos() as libc::c_long,
+                };
+                &ts as *const libc::timespec
+            }
+            None => std::ptr::null(),
+        };
+        // SAFETY: `futex_half` points into a live, aligned word of shared
+        // memory (the reference keeps it mapped for the call); FUTEX_WAIT
+        // only reads those 4 bytes, atomically, and compares them to
+        // `seen`. The timespec outlives the call. A non-private futex:
+        // waiters and wakers are different processes.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                futex_half(word),
+                libc::FUTEX_WAIT,
+                seen,
+                ts_ptr,
+                std::ptr::null::<u32>(),
+                0u32,
+            );
+        }
+    }
+    #[cfg(all(not(loom), miri))]
+    {
+        let _ = (word, seen);
+        std::thread::sleep(
+            timeout
+                .unwrap_or(std::time::Duration::from_micros(50))
+                .min(std::time::Duration::from_micros(50)),
+        );
+    }
+    #[cfg(loom)]
+    {
+        let _ = (word, seen, timeout);
+        loom::thread::yield_now();
+    }
+}
+
+/// Wakes up to `n` threads (of any process) parked on `word` by [`park`].
+pub(crate) fn unpark(word: &AtomicU64, n: u32) {
+    #[cfg(all(not(loom), not(miri)))]
+    // SAFETY: as in `park`; FUTEX_WAKE reads nothing.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            futex_half(word),
+            libc::FUTEX_WAKE,
+            n.min(i32::MAX as u32),
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+    #[cfg(any(loom, miri))]
+    let _ = (word, n);
+}
+
+/// The address of the 32-bit half of `word` that holds its low bits.
+#[cfg(all(not(loom), not(miri)))]
+fn futex_half(word: &AtomicU64) -> *const u32 {
+    let at = word as *const AtomicU64 as *const u32;
+    if cfg!(target_endian = "little") {
+        at
+    } else {
+        at.wrapping_add(1)
+    }
+}
+
 /// A process-wide id, unique for the life of the process and never 0. Plain
 /// std atomics: it only names `Slab` instances and is never model-checked.
 pub(crate) fn next_instance_id() -> u64 {

@@ -140,6 +140,8 @@ pub(crate) mod root {
     pub const FP_ALIGN: u64 = 72;
     pub const FP_SCHEMA: u64 = 80;
     pub const HANDLE: u64 = 88;
+    /// A slice root's element count (0 for other roots; was reserved zero).
+    pub const LEN: u64 = 104;
     pub const ENTRY_BYTES: u64 = 128;
 
     pub const EMPTY: u64 = 0;

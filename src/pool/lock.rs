@@ -293,6 +293,195 @@ pub(crate) fn acquire<'a, M: Memory>(
     }
 }
 
+/// A value lock's words in its slot (see `pool::cell`): the lock word and
+/// its progress word, as for the file's own locks, and two words of its own.
+#[derive(Clone, Copy)]
+pub(crate) struct CellLockWords<'a> {
+    /// 0, or the holder's token (its low half is the futex waiters park on).
+    pub word: &'a AtomicU64,
+    /// Bumped by each new holder.
+    pub progress: &'a AtomicU64,
+    /// 0, or the token of a waiter that has waited long: the others defer to
+    /// it (fairness).
+    pub next: &'a AtomicU64,
+    /// Waiters parked on `word`, so a release with none makes no syscall.
+    pub parked: &'a AtomicU64,
+}
+
+/// A value lock, taken. Released by [`release_cell`].
+pub(crate) struct CellHold {
+    pub token: u64,
+    /// The previous holder died holding the lock.
+    pub recovered: bool,
+}
+
+/// A waiter that has waited this long asks the others to let it go next.
+#[cfg(not(loom))]
+const STARVING: Duration = Duration::from_micros(200);
+/// How long waiters defer to a starving one that does not take the lock
+/// (it may be descheduled, or dead) before they look again.
+#[cfg(not(loom))]
+const DEFER: Duration = Duration::from_millis(2);
+
+/// Takes a value lock for `owner`, waiting at most until `deadline` (for
+/// ever if `None`: a live holder may hold a value lock as long as it likes,
+/// so there is no hold limit). `Ok(None)`: the deadline passed.
+///
+/// The dead-holder recovery is the file locks' (a token whose peer the
+/// kernel says is gone is taken over by CAS, and the taker is told). What
+/// differs: no process-local mutex (a lock per slot has no place for one),
+/// so a word holding our own token is held by another thread of ours, which
+/// we wait for; waiters park on the word's futex rather than sleep; and a
+/// waiter that has waited [`STARVING`] long names itself in `next`, and the
+/// others leave a free lock to it for up to [`DEFER`] (then check that it
+/// lives), so no process starves behind a stream of others.
+pub(crate) fn acquire_cell<M: Memory>(
+    mem: &M,
+    geo: &Geometry,
+    liveness: &Liveness,
+    lock: CellLockWords<'_>,
+    owner: Owner,
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<CellHold>> {
+    let mut backoff = Backoff::new(Duration::MAX);
+    let mut spins: u32 = 0;
+    #[cfg(not(loom))]
+    let started = Instant::now();
+    #[cfg(not(loom))]
+    let mut deferring: Option<(u64, Instant)> = None;
+    let mut named = false;
+    let result = loop {
+        let cur = lock.word.load(Ordering::Acquire);
+        let next = lock.next.load(Ordering::Acquire);
+        // Defer a free lock to a starving waiter of another process, for a
+        // while; then make sure it lives, and clear it if not.
+        #[cfg(not(loom))]
+        let defer = next != 0 && next != owner.token && {
+            let now = Instant::now();
+            match deferring {
+                Some((n, since)) if n == next => {
+                    if now.duration_since(since) < DEFER {
+                        true
+                    } else if liveness.token_dead(mem, geo, next, true)? {
+                        let _ = lock.next.compare_exchange(
+                            next,
+                            0,
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        );
+                        false
+                    } else {
+                        deferring = Some((next, now));
+                        true
+                    }
+                }
+                _ => {
+                    deferring = Some((next, now));
+                    true
+                }
+            }
+        };
+        #[cfg(loom)]
+        let defer = false;
+        let _ = next;
+        let mut recovered = false;
+        if cur != 0 {
+            spins = spins.wrapping_add(1);
+            // Our own token: another thread of this process holds it.
+            let dead = cur != owner.token
+                && if spins == 1 {
+                    liveness.token_dead(mem, geo, cur, false)?
+                } else {
+                    backoff.time_to_ask() && liveness.token_dead(mem, geo, cur, true)?
+                };
+            recovered = dead;
+        }
+        if (cur == 0 && !defer) || recovered {
+            if lock
+                .word
+                .compare_exchange(cur, owner.token, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                show_progress(lock.progress);
+                break Some(CellHold {
+                    token: owner.token,
+                    recovered,
+                });
+            }
+            backoff.holder_changed();
+            continue;
+        }
+        if let Some(d) = deadline {
+            if std::time::Instant::now() >= d {
+                break None;
+            }
+        }
+        #[cfg(not(loom))]
+        if !named && started.elapsed() >= STARVING {
+            named = lock
+                .next
+                .compare_exchange(0, owner.token, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
+        }
+        park_cell(lock, cur, &mut backoff, deadline)?;
+    };
+    if named {
+        let _ = lock
+            .next
+            .compare_exchange(owner.token, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+    Ok(result)
+}
+
+/// One round of waiting for a value lock seen as `cur`: spin and yield a
+/// little, then park on the word's futex (at most a millisecond, so the
+/// holder's death and the deadline are looked at again).
+fn park_cell(
+    lock: CellLockWords<'_>,
+    cur: u64,
+    backoff: &mut Backoff,
+    deadline: Option<std::time::Instant>,
+) -> Result<()> {
+    #[cfg(not(loom))]
+    if backoff.rounds >= 64 + 16 {
+        let mut nap = Duration::from_millis(1);
+        if let Some(d) = deadline {
+            nap = nap.min(d.saturating_duration_since(std::time::Instant::now()));
+        }
+        lock.parked.fetch_add(1, Ordering::SeqCst);
+        if lock.word.load(Ordering::SeqCst) == cur {
+            crate::sync::park(lock.word, cur as u32, Some(nap));
+        }
+        lock.parked.fetch_sub(1, Ordering::SeqCst);
+        backoff.rounds = backoff.rounds.saturating_add(1);
+        return Ok(());
+    }
+    let _ = deadline;
+    if cur == 0 {
+        // Free, but left to a starving waiter: it takes it within a moment.
+        #[cfg(not(loom))]
+        std::thread::yield_now();
+        #[cfg(loom)]
+        spin_hint();
+        return Ok(());
+    }
+    backoff.wait(cur, lock.progress)
+}
+
+/// Releases a value lock taken by [`acquire_cell`], waking parked waiters:
+/// one, or all when a starving waiter is named (it must be among them).
+pub(crate) fn release_cell(lock: CellLockWords<'_>, hold: &CellHold) {
+    // SeqCst, with the waiter's SeqCst increment of `parked` and reload of
+    // the word: a waiter that parks after this saw the word free.
+    let _ = lock
+        .word
+        .compare_exchange(hold.token, 0, Ordering::SeqCst, Ordering::Relaxed);
+    if lock.parked.load(Ordering::SeqCst) != 0 {
+        let all = lock.next.load(Ordering::Relaxed) != 0;
+        crate::sync::unpark(lock.word, if all { u32::MAX } else { 1 });
+    }
+}
+
 /// How a waiter waits: spins, then yields, then sleeps; gives up (as
 /// `Corrupt`) on a live holder that has shown no progress for its hold limit
 /// ([`HOLD_LIMIT`] unless a test says otherwise). Under loom it only yields.

@@ -35,8 +35,10 @@
 //! only then use them. A peer that later scribbles on the shared table cannot
 //! move an extent this process already checked.
 
+pub(crate) mod cell;
 mod grow;
 pub(crate) mod lock;
+pub(crate) mod notify;
 mod shared;
 
 pub(crate) use lock::{Liveness, Owner, PEER_LOCK_BASE, liveness_lock_error};
@@ -499,6 +501,22 @@ impl<M: Memory> Pool<M> {
         }
         let (_, _, addr) = self.check_ref(h)?;
         Ok(Meta(self.meta(addr).load(Ordering::Acquire)).is_live(h.generation))
+    }
+
+    /// The first `n` words of the live slot `h` names, as one slice: the
+    /// memory a view of shared atomics (or a lock, or a notifier) works on.
+    /// Checked once, here: the words stay mapped for as long as the pool,
+    /// but a caller keeping them across a free of the slot acts on its next
+    /// life (never outside the slot).
+    pub(crate) fn live_words(&self, h: &SlotRef, n: usize) -> Result<&[AtomicU64]> {
+        let (_, _, addr) = self.check_ref(h)?;
+        if (n as u64).saturating_mul(8) > addr.size {
+            return Err(invalid("the type does not fit the slot it names"));
+        }
+        check_live(Meta(self.meta(addr).load(Ordering::Acquire)), h, false)?;
+        // SAFETY: the slot's data lies inside a checked extent (see `meta`),
+        // starts 16-aligned, and `8n` bytes of it fit the slot (just above).
+        Ok(unsafe { self.mem.words(addr.data, n) })
     }
 
     /// The size of the live slot `h` names.

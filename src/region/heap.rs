@@ -108,6 +108,26 @@ impl Memory for HeapRegion {
         }
     }
 
+    unsafe fn words(&self, offset: u64, n: usize) -> &[AtomicU64] {
+        debug_assert!(offset % 8 == 0 && offset + 8 * n as u64 <= self.capacity);
+        #[cfg(not(loom))]
+        {
+            // SAFETY: as in `word`, for `n` words: the caller keeps
+            // `offset + 8n` within `len <= capacity`, 8-aligned.
+            unsafe {
+                std::slice::from_raw_parts(
+                    self.buf.ptr().add(offset as usize) as *const AtomicU64,
+                    n,
+                )
+            }
+        }
+        #[cfg(loom)]
+        {
+            let first = (offset / 8) as usize;
+            &self.words[first..first + n]
+        }
+    }
+
     unsafe fn copy_out(&self, offset: u64, dst: &mut [u8]) {
         #[cfg(not(loom))]
         // SAFETY: the caller keeps the range within `len <= capacity`, and

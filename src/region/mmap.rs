@@ -563,6 +563,15 @@ impl Memory for MmapRegion {
     }
 
     #[inline]
+    unsafe fn words(&self, offset: u64, n: usize) -> &[AtomicU64] {
+        debug_assert!(offset % 8 == 0 && offset + 8 * n as u64 <= Memory::len(self));
+        let base = self.base.load(Ordering::Acquire);
+        // SAFETY: as in `word`, for the `n` words the caller checked against
+        // an observed length.
+        unsafe { std::slice::from_raw_parts(base.add(offset as usize) as *const AtomicU64, n) }
+    }
+
+    #[inline]
     unsafe fn copy_out(&self, offset: u64, dst: &mut [u8]) {
         let base = self.base.load(Ordering::Acquire);
         // SAFETY: the caller guarantees the range is within `len`, mapped as

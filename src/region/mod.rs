@@ -142,6 +142,13 @@ pub(crate) trait Memory: Send + Sync + 'static {
     /// `offset` is a multiple of 8 and `offset + 8 <= len()`.
     unsafe fn word(&self, offset: u64) -> &AtomicU64;
 
+    /// The `n` consecutive 64-bit atomic words from `offset`, as one slice
+    /// (one provenance: a view over several words of a slot).
+    ///
+    /// # Safety
+    /// `offset` is a multiple of 8 and `offset + 8 * n <= len()`.
+    unsafe fn words(&self, offset: u64, n: usize) -> &[AtomicU64];
+
     /// Copies bytes out of `[offset, offset + dst.len())`.
     ///
     /// # Safety
@@ -190,6 +197,10 @@ impl<M: Memory> Memory for std::sync::Arc<M> {
     unsafe fn word(&self, offset: u64) -> &AtomicU64 {
         // SAFETY: forwarded with the caller's guarantee.
         unsafe { (**self).word(offset) }
+    }
+    unsafe fn words(&self, offset: u64, n: usize) -> &[AtomicU64] {
+        // SAFETY: forwarded with the caller's guarantee.
+        unsafe { (**self).words(offset, n) }
     }
     unsafe fn copy_out(&self, offset: u64, dst: &mut [u8]) {
         // SAFETY: forwarded with the caller's guarantee.

@@ -69,7 +69,28 @@ pub(crate) fn root_type<T: Schema>() -> RootType {
     }
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
+/// What a slice root of `T`s records: `T`'s fingerprint with its schema
+/// marked as a slice's, so a single `T` and a slice of them never match.
+pub(crate) fn slice_root_type<T: Schema>() -> RootType {
+    tagged(root_type::<T>(), SLICE_TAG, std::any::type_name::<[T]>())
+}
+
+/// A root kind of its own over `T`'s fingerprint: the schema mixed with
+/// `tag` (each kind its own), and `name` for errors.
+pub(crate) fn tagged(ty: RootType, tag: u64, name: &'static str) -> RootType {
+    RootType {
+        fingerprint: Fingerprint {
+            schema: ty.fingerprint.schema ^ tag,
+            ..ty.fingerprint
+        },
+        name,
+    }
+}
+
+/// Marks a slice root's schema ("SLICE" in ASCII).
+const SLICE_TAG: u64 = 0x534c_4943_4500_0000;
+
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
     })
@@ -207,6 +228,15 @@ impl<T> SliceHandle<T> {
     /// Whether this is [`SliceHandle::NULL`].
     pub fn is_null(self) -> bool {
         self.raw.is_null() && self.len == 0
+    }
+
+    /// A slice handle over a raw one and a length (checked when used).
+    pub fn from_raw(raw: SlotRef, len: usize) -> Self {
+        SliceHandle {
+            raw,
+            len: len as u64,
+            _type: PhantomData,
+        }
     }
 
     /// Elements in the slice.

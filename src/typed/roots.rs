@@ -10,7 +10,7 @@
 //! clears (the object, still owned by the dead process, is reclaimed); a crash
 //! after it leaves a ready root whose object reclaim keeps.
 
-use super::{Handle, RootType, Schema, root_type};
+use super::{Handle, RootType, Schema, SliceHandle, root_type, slice_root_type};
 use crate::error::{Error, Fingerprint, Result};
 use crate::fault::crash_point;
 use crate::format::{self, MAX_ROOT_NAME, SlotRef, hdr, root};
@@ -47,6 +47,8 @@ struct Entry {
     name: Vec<u8>,
     fingerprint: Fingerprint,
     handle: SlotRef,
+    /// A slice root's element count (0 for other roots).
+    len: u64,
 }
 
 /// The state word of root entry `i`.
@@ -76,6 +78,7 @@ fn read_ready<M: Memory>(pool: &Pool<M>, i: usize) -> Result<Option<Entry>> {
             schema: r(root::FP_SCHEMA)?,
         },
         handle: SlotRef::from_words([r(root::HANDLE)?, r(root::HANDLE + 8)?]),
+        len: r(root::LEN)?,
     }))
 }
 
@@ -121,8 +124,8 @@ fn find<M: Memory>(pool: &Pool<M>, name: &str) -> Result<Option<(usize, Entry)>>
     Ok(None)
 }
 
-/// The handle stored under `name` if it holds a `ty`.
-fn matching(name: &str, e: &Entry, ty: RootType) -> Result<SlotRef> {
+/// The handle (and slice length) stored under `name` if it holds a `ty`.
+fn matching(name: &str, e: &Entry, ty: RootType) -> Result<(SlotRef, u64)> {
     if e.fingerprint != ty.fingerprint {
         return Err(Error::TypeMismatch {
             name: name.to_string(),
@@ -131,7 +134,7 @@ fn matching(name: &str, e: &Entry, ty: RootType) -> Result<SlotRef> {
             requested_type: ty.name,
         });
     }
-    Ok(e.handle)
+    Ok((e.handle, e.len))
 }
 
 /// Looks up `name` under the roots lock.
@@ -141,6 +144,16 @@ pub(crate) fn get<M: Memory>(
     name: &str,
     ty: RootType,
 ) -> Result<Option<SlotRef>> {
+    Ok(get_entry(pool, me, name, ty)?.map(|(h, _)| h))
+}
+
+/// Looks up `name` under the roots lock: its handle and slice length.
+pub(crate) fn get_entry<M: Memory>(
+    pool: &Pool<M>,
+    me: Owner,
+    name: &str,
+    ty: RootType,
+) -> Result<Option<(SlotRef, u64)>> {
     check_name(name)?;
     let _guard = lock_roots(pool, me)?;
     match find(pool, name)? {
@@ -159,6 +172,20 @@ pub(crate) fn get_or_insert<M: Memory>(
     ty: RootType,
     alloc: impl FnOnce() -> Result<SlotRef>,
 ) -> Result<SlotRef> {
+    get_or_insert_entry(pool, me, name, ty, 0, alloc).map(|(h, _)| h)
+}
+
+/// As [`get_or_insert`], recording (and returning) a slice length `len`.
+/// `alloc` runs only if the root is absent, under the roots lock: a value
+/// built there is built once, whoever races.
+pub(crate) fn get_or_insert_entry<M: Memory>(
+    pool: &Pool<M>,
+    me: Owner,
+    name: &str,
+    ty: RootType,
+    len: u64,
+    alloc: impl FnOnce() -> Result<SlotRef>,
+) -> Result<(SlotRef, u64)> {
     check_name(name)?;
     let _guard = lock_roots(pool, me)?;
     if let Some((_, e)) = find(pool, name)? {
@@ -188,6 +215,7 @@ pub(crate) fn get_or_insert<M: Memory>(
     w(root::FP_SIZE, fp.size)?;
     w(root::FP_ALIGN, fp.align)?;
     w(root::FP_SCHEMA, fp.schema)?;
+    w(root::LEN, len)?;
     let state = pool.table_word(base + root::STATE)?;
     state.store(root::RESERVED, Ordering::Release);
     crash_point("root.reserved");
@@ -204,7 +232,7 @@ pub(crate) fn get_or_insert<M: Memory>(
     state.store(root::READY, Ordering::Release);
     crash_point("root.published");
     pool.set_owner(&handle, 0)?;
-    Ok(handle)
+    Ok((handle, len))
 }
 
 /// Removes the root `name` under the roots lock, calling `free` on its
@@ -267,10 +295,96 @@ impl Slab {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn root_or_insert<T: Schema>(&self, name: &str, init: T) -> Result<Handle<T>> {
-        let raw = get_or_insert(self.pool()?, self.me, name, root_type::<T>(), || {
-            Ok(self.alloc(init)?.raw())
+        self.root_or_insert_with(name, || init)
+    }
+
+    /// As [`root_or_insert`](Slab::root_or_insert), building the value only
+    /// if the root is absent: `init` runs at most once among all racing
+    /// processes (under the roots lock, so keep it short, and do not use
+    /// this `Slab`'s roots from inside it).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// let mut built = 0;
+    /// let a = slab.root_or_insert_with("config", || { built += 1; [7u32; 4] })?;
+    /// let b = slab.root_or_insert_with("config", || { built += 1; [9u32; 4] })?;
+    /// assert_eq!((a, built), (b, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn root_or_insert_with<T: Schema>(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> T,
+    ) -> Result<Handle<T>> {
+        let raw =
+            self.root_or_insert_object(name, root_type::<T>(), || Ok(self.alloc(init())?.raw()))?;
+        Ok(Handle::from_raw(raw))
+    }
+
+    /// The root `name`, or a new one holding a zeroed `T` (made without a `T`
+    /// on the stack, so it suits large tables).
+    pub fn root_or_insert_zeroed<T: Schema>(&self, name: &str) -> Result<Handle<T>> {
+        let raw = self.root_or_insert_object(name, root_type::<T>(), || {
+            Ok(self.alloc_zeroed::<T>()?.raw())
         })?;
         Ok(Handle::from_raw(raw))
+    }
+
+    /// The slice stored under `name`, if there is one (a root of another type,
+    /// or a single value, is [`Error::TypeMismatch`]).
+    pub fn root_slice<T: Schema>(&self, name: &str) -> Result<Option<SliceHandle<T>>> {
+        let found = get_entry(self.pool()?, self.me, name, slice_root_type::<T>())?;
+        Ok(found.map(|(raw, len)| SliceHandle::from_raw(raw, len as usize)))
+    }
+
+    /// The slice stored under `name`, or a new zeroed one of `len` elements.
+    /// Processes racing this for one name create one slice, and no loser's
+    /// slice is left behind: the table behind a root, made race-free. An
+    /// existing slice is returned whatever its length (see
+    /// [`SliceHandle::len`]).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// let table = slab.root_or_insert_slice::<u64>("buckets", 512)?;
+    /// slab.set(table, 7, 42)?;
+    /// let again = slab.root_or_insert_slice::<u64>("buckets", 512)?;
+    /// assert_eq!(slab.get(again, 7)?, 42);
+    /// assert_eq!(slab.root_slice::<u64>("buckets")?, Some(table));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn root_or_insert_slice<T: Schema>(
+        &self,
+        name: &str,
+        len: usize,
+    ) -> Result<SliceHandle<T>> {
+        let (raw, len) = get_or_insert_entry(
+            self.pool()?,
+            self.me,
+            name,
+            slice_root_type::<T>(),
+            len as u64,
+            || Ok(self.alloc_slice::<T>(len)?.raw()),
+        )?;
+        Ok(SliceHandle::from_raw(raw, len as usize))
+    }
+
+    /// The object of kind `ty` under `name`, if any (the locked cells' and
+    /// notifiers' roots).
+    pub(crate) fn root_object(&self, name: &str, ty: RootType) -> Result<Option<SlotRef>> {
+        get(self.pool()?, self.me, name, ty)
+    }
+
+    /// The object of kind `ty` under `name`, or a new one that `alloc` makes
+    /// (once, under the roots lock).
+    pub(crate) fn root_or_insert_object(
+        &self,
+        name: &str,
+        ty: RootType,
+        alloc: impl FnOnce() -> Result<SlotRef>,
+    ) -> Result<SlotRef> {
+        get_or_insert(self.pool()?, self.me, name, ty, alloc)
     }
 
     /// Removes the root `name` and frees its object. Returns whether there

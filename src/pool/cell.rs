@@ -1,0 +1,218 @@
+//! The locked cell's protocol: a value in a slot, changed only under a lock
+//! that any process takes, and changed crash-atomically — a holder killed at
+//! any instruction leaves the last committed value, never a torn one.
+//!
+//! # Layout (words of the slot)
+//!
+//! | word | |
+//! |---|---|
+//! | 0 `LOCK` | 0, or the holder's token (the file locks' format) |
+//! | 1 `PROGRESS` | bumped by each new holder (the file locks' progress word) |
+//! | 2 `STATE` | the commit sequence `c`: the value is in buffer `c & 1` |
+//! | 3 `NEXT` | 0, or a starving waiter's token (fairness, `lock::acquire_cell`) |
+//! | 4 `PARKED` | waiters parked on `LOCK` |
+//! | 5 `WATCHERS` | threads parked on `STATE` (`wait_while`) |
+//! | 6 … 6+w | buffer 0 (the value, padded to `w` whole words) |
+//! | 6+w … 6+2w | buffer 1 |
+//!
+//! # Commit: a double buffer and one word
+//!
+//! The holder works on a private copy of the value. To commit it writes the
+//! copy into the buffer that is *not* current, then (Release) stores
+//! `STATE = c + 1`, which makes that buffer current. The store of one word is
+//! the commit point:
+//!
+//! - killed before it, `STATE` still names the old buffer, which nobody
+//!   wrote: the value is the last committed one; the half-written other
+//!   buffer is overwritten by the next commit;
+//! - killed after it, the new value is committed whole.
+//!
+//! The next taker of the lock finds the dead holder's token, asks the kernel
+//! (the peer table's OFD locks: the same recovery as the file's own locks),
+//! takes the word over and is told `recovered`. Nothing needs repair: the
+//! value is always the one `STATE` names.
+//!
+//! Reads need no lock (a seqlock): load `STATE`, copy its buffer, load
+//! `STATE` again; the copy counts only if `STATE` did not move (the next
+//! write into that buffer is two commits away, and each commit moves it).
+//!
+//! Every word is untrusted: whatever `STATE` holds, `STATE & 1` names a
+//! buffer inside the slot, and any bytes there are a valid `Pod` value.
+
+use super::lock::{self, CellHold, CellLockWords, Liveness, Owner};
+use crate::error::Result;
+use crate::fault::crash_point;
+use crate::format::Geometry;
+use crate::region::Memory;
+use crate::sync::{AtomicU64, Ordering, fence, load_via_words, park, store_via_words, unpark};
+use std::time::Instant;
+
+const LOCK: usize = 0;
+const PROGRESS: usize = 1;
+const STATE: usize = 2;
+const NEXT: usize = 3;
+const PARKED: usize = 4;
+const WATCHERS: usize = 5;
+const HEADER: usize = 6;
+
+/// Words a cell for a value of `size` bytes takes.
+pub(crate) const fn words_for(size: usize) -> usize {
+    HEADER + 2 * size.div_ceil(8)
+}
+
+/// A locked cell over the words of its (checked, live) slot.
+#[derive(Clone, Copy)]
+pub(crate) struct RawCell<'a> {
+    words: &'a [AtomicU64],
+    /// Words per buffer.
+    w: usize,
+}
+
+/// The cell's lock, held: the committed sequence it was taken at.
+pub(crate) struct Held {
+    hold: CellHold,
+    seq: u64,
+}
+
+impl Held {
+    /// The previous holder died holding the lock.
+    pub(crate) fn recovered(&self) -> bool {
+        self.hold.recovered
+    }
+}
+
+impl<'a> RawCell<'a> {
+    /// The cell over `words`, for a value of `size` bytes (the slice has at
+    /// least [`words_for`]`(size)` words).
+    pub(crate) fn new(words: &'a [AtomicU64], size: usize) -> Self {
+        let w = size.div_ceil(8);
+        debug_assert!(words.len() >= HEADER + 2 * w);
+        RawCell { words, w }
+    }
+
+    fn lock_words(&self) -> CellLockWords<'a> {
+        CellLockWords {
+            word: &self.words[LOCK],
+            progress: &self.words[PROGRESS],
+            next: &self.words[NEXT],
+            parked: &self.words[PARKED],
+        }
+    }
+
+    fn buffer(&self, seq: u64) -> &'a [AtomicU64] {
+        let start = HEADER + (seq & 1) as usize * self.w;
+        &self.words[start..start + self.w]
+    }
+
+    /// Initialises a new cell (a slot just allocated, not yet shared) with
+    /// `value` committed at sequence 0.
+    pub(crate) fn init(&self, value: &[u8]) {
+        for w in &self.words[..HEADER] {
+            w.store(0, Ordering::Relaxed);
+        }
+        store_via_words(0, value, |j| &self.buffer(0)[j]);
+    }
+
+    /// Takes the lock (see `lock::acquire_cell`) and copies the committed
+    /// value into `value`. `Ok(None)`: `deadline` passed first.
+    pub(crate) fn lock<M: Memory>(
+        &self,
+        mem: &M,
+        geo: &Geometry,
+        liveness: &Liveness,
+        owner: Owner,
+        deadline: Option<Instant>,
+        value: &mut [u8],
+    ) -> Result<Option<Held>> {
+        let Some(hold) =
+            lock::acquire_cell(mem, geo, liveness, self.lock_words(), owner, deadline)?
+        else {
+            return Ok(None);
+        };
+        // Acquire: the buffer a commit made current is seen whole (pairs
+        // with the committer's Release on STATE).
+        let seq = self.words[STATE].load(Ordering::Acquire);
+        load_via_words(0, value, |j| &self.buffer(seq)[j]);
+        Ok(Some(Held { hold, seq }))
+    }
+
+    /// Commits `value` as the cell's new value (under the lock `held`).
+    pub(crate) fn commit(&self, held: &mut Held, value: &[u8]) {
+        let next = held.seq.wrapping_add(1);
+        let target = self.buffer(next);
+        crash_point("cell.before_write");
+        let half = (value.len() / 16) * 8;
+        store_via_words(0, &value[..half], |j| &target[j]);
+        crash_point("cell.mid_write");
+        store_via_words(0, &value[half..], |j| &target[half / 8 + j]);
+        crash_point("cell.written");
+        // The buffer before the sequence that names it (seqlock writer).
+        fence(Ordering::Release);
+        self.words[STATE].store(next, Ordering::SeqCst);
+        held.seq = next;
+        crash_point("cell.committed");
+        if self.words[WATCHERS].load(Ordering::SeqCst) != 0 {
+            unpark(&self.words[STATE], u32::MAX);
+        }
+    }
+
+    /// Releases the lock.
+    pub(crate) fn unlock(&self, held: Held) {
+        lock::release_cell(self.lock_words(), &held.hold);
+    }
+
+    /// Copies the committed value into `value` without the lock; retries
+    /// while commits race the copy (a commit moves `STATE`). `false` after
+    /// many tries: a peer is committing without pause, or writing `STATE`.
+    pub(crate) fn snapshot(&self, value: &mut [u8]) -> bool {
+        for _ in 0..1024 {
+            let seq = self.words[STATE].load(Ordering::Acquire);
+            load_via_words(0, value, |j| &self.buffer(seq)[j]);
+            fence(Ordering::Acquire);
+            if self.words[STATE].load(Ordering::Relaxed) == seq {
+                return true;
+            }
+            crate::sync::spin_hint();
+        }
+        false
+    }
+
+    /// Under the lock `held`: releases it, waits until a commit after the
+    /// one it was taken at (or `deadline`), and takes it again (waiting for
+    /// it as long as it takes), copying the value into `value`. The
+    /// condition wait of `wait_while`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn wait_for_commit<M: Memory>(
+        &self,
+        mem: &M,
+        geo: &Geometry,
+        liveness: &Liveness,
+        owner: Owner,
+        held: Held,
+        deadline: Option<Instant>,
+        value: &mut [u8],
+    ) -> Result<Option<Held>> {
+        let seen = held.seq;
+        debug_assert!(held.hold.token == owner.token);
+        let state = &self.words[STATE];
+        // Counted before the lock is let go: a commit after the release
+        // sees the watcher and wakes it (the notifier's argument).
+        self.words[WATCHERS].fetch_add(1, Ordering::SeqCst);
+        self.unlock(held);
+        loop {
+            if state.load(Ordering::SeqCst) != seen {
+                break;
+            }
+            let nap = match deadline {
+                None => std::time::Duration::from_secs(1),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(std::time::Duration::from_secs(1)),
+                    _ => break,
+                },
+            };
+            park(state, seen as u32, Some(nap));
+        }
+        self.words[WATCHERS].fetch_sub(1, Ordering::SeqCst);
+        self.lock(mem, geo, liveness, owner, None, value)
+    }
+}
