@@ -349,6 +349,7 @@ pub(crate) fn acquire_cell<M: Memory>(
     let started = Instant::now();
     #[cfg(not(loom))]
     let mut deferring: Option<(u64, Instant)> = None;
+    #[cfg_attr(loom, allow(unused_mut))]
     let mut named = false;
     let result = loop {
         let cur = lock.word.load(Ordering::Acquire);

@@ -102,7 +102,7 @@ fn loom_models_alloc_racing_free() {
         let b = t.join().unwrap();
         // b is the freed slot in a new life, or another slot.
         if b.slot_id() == h.slot_id() {
-            assert_ne!(b.generation(), h.generation());
+            assert_ne!(b.generation, h.generation);
         }
         let mut buf = [0u8; 4];
         assert!(p0.read_at(&h, 0, &mut buf).is_err());
