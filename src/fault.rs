@@ -34,6 +34,11 @@ pub const CRASH_POINTS: &[&str] = &[
     // peers
     "register.claiming",
     "reclaim.slot_freed",
+    // a locked value's commit (under its lock)
+    "cell.before_write",
+    "cell.mid_write",
+    "cell.written",
+    "cell.committed",
 ];
 
 /// An OFD lock call that [`ofd_fault`] can make fail.

@@ -96,6 +96,8 @@ pub use error::{Error, Fingerprint, Result};
 pub use format::{SlotParts, SlotRef};
 pub use inspect::{PeerSnapshot, Snapshot, inspect};
 pub use lifetime::FileLifetime;
+pub use locked::{Locked, LockedGuard};
+pub use notifier::{Notifier, NotifierHandle};
 pub use peers::{PeerInfo, ReclaimReport};
 pub use slab::{BytesHandle, ClassStats, Slab, SlabBuilder, Stats};
 pub use typed::{Handle, RootInfo, Schema, SliceHandle};

@@ -141,8 +141,23 @@ pub(crate) fn park(word: &AtomicU64, seen: u32, timeout: Option<std::time::Durat
     }
     #[cfg(loom)]
     {
-        let _ = (word, seen, timeout);
-        loom::thread::yield_now();
+        // The futex, modelled: the value check and the sleep are one step
+        // with respect to a wake (both under the "kernel" mutex), and the
+        // sleep has no timeout, so a lost wake-up is a deadlock loom reports.
+        let _ = timeout;
+        let (lock, cv) = &*loom_futex::KERNEL;
+        let guard = lock.lock().expect("loom kernel mutex");
+        if word.load(Ordering::SeqCst) as u32 == seen {
+            drop(cv.wait(guard).expect("loom kernel condvar"));
+        }
+    }
+}
+
+#[cfg(loom)]
+mod loom_futex {
+    loom::lazy_static! {
+        pub(super) static ref KERNEL: (loom::sync::Mutex<()>, loom::sync::Condvar) =
+            (loom::sync::Mutex::new(()), loom::sync::Condvar::new());
     }
 }
 
@@ -161,8 +176,15 @@ pub(crate) fn unpark(word: &AtomicU64, n: u32) {
             0u32,
         );
     }
-    #[cfg(any(loom, miri))]
+    #[cfg(miri)]
     let _ = (word, n);
+    #[cfg(loom)]
+    {
+        let _ = (word, n);
+        let (lock, cv) = &*loom_futex::KERNEL;
+        let _guard = lock.lock().expect("loom kernel mutex");
+        cv.notify_all();
+    }
 }
 
 /// The address of the 32-bit half of `word` that holds its low bits.

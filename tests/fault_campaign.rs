@@ -76,7 +76,7 @@ use common::live::{
     LiveChild, SharedWords, XorShift, from_hex, hear, new_segment, say, segment_dir, to_hex,
 };
 use shmslab::fault::CRASH_POINTS;
-use shmslab::{Error, PeerInfo, Report, Slab, SlotRef};
+use shmslab::{Error, Locked, PeerInfo, Report, Slab, SlotRef};
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -158,6 +158,9 @@ enum Kind {
     Reclaim,
     /// Allocates, frees (filling its cache), then drops its `Slab`.
     Detach,
+    /// Commits locked updates of a `Locked<[u64; 8]>` it allocated, over and
+    /// over (each adds 1 to every field).
+    Cell,
 }
 
 impl Kind {
@@ -170,6 +173,7 @@ impl Kind {
             Kind::Register => "register",
             Kind::Reclaim => "reclaim",
             Kind::Detach => "detach",
+            Kind::Cell => "cell",
         }
     }
 
@@ -182,6 +186,7 @@ impl Kind {
             "register" => Kind::Register,
             "reclaim" => Kind::Reclaim,
             "detach" => Kind::Detach,
+            "cell" => Kind::Cell,
             other => panic!("unknown crasher kind {other:?}"),
         }
     }
@@ -237,6 +242,10 @@ fn driver(point: &str) -> Option<Driver> {
         // The n-th attach of the crasher (it keeps the earlier ones).
         "register.claiming" => d(Kind::Register, 3, 0, 0),
         "reclaim.slot_freed" => d(Kind::Reclaim, 0, 0, 0),
+        // Each commit of a locked update hits every cell point once.
+        "cell.before_write" | "cell.mid_write" | "cell.written" | "cell.committed" => {
+            d(Kind::Cell, 50, 0, 0)
+        }
         _ => None,
     }
 }
@@ -722,6 +731,15 @@ fn crasher_child(args: &[String]) {
             drop(slab);
             say("NOCRASH", "");
             return;
+        }
+        Kind::Cell => {
+            let cell = slab.alloc_locked([0u64; 8]).expect("crasher: alloc_locked");
+            on_alloc(&cell.raw());
+            say("CELL", to_hex(&cell.raw().to_bytes()));
+            for _ in 0..1000 {
+                slab.transact(cell, |v| v.iter_mut().for_each(|x| *x += 1))
+                    .expect("crasher: transact");
+            }
         }
         Kind::Register => unreachable!(),
     }
@@ -1317,6 +1335,7 @@ fn run_round(
     let mut rows = Vec::new();
     let mut live: HashSet<[u8; 16]> = HashSet::new();
     let mut roots_made = Vec::new();
+    let mut cell = None;
     let mut finished = false;
     let (mut allocs, mut frees) = (0u64, 0u64);
     for m in crasher.messages_until_exit(MSG_TIMEOUT) {
@@ -1338,6 +1357,7 @@ fn run_round(
                 );
             }
             "R" => roots_made.push(m.payload.split_whitespace().next().unwrap().to_string()),
+            "CELL" => cell = Some(from_hex::<16>(&m.payload)),
             "NOCRASH" | "RECLAIMED" => finished = true,
             "DETACHING" => {}
             other => panic!(
@@ -1391,6 +1411,9 @@ fn run_round(
             .to_string()
     };
     drop(crasher);
+    if let Some(cell) = cell {
+        check_cell_after_crash(&at, worker, cell, point, n);
+    }
 
     let reported_live = live.len() as i64;
     let (mut fresh, live_ids, dead_owned, expected_dead_rows, handed) = if full {
@@ -1724,6 +1747,28 @@ fn fresh_attach(
 
 /// Starts `count` holders, takes what each owns (allocated + cached) from a
 /// check while they are idle, and kills them. Returns (row, share), by row.
+/// After a crash inside a locked update (`cell.*`): the next holder is
+/// told its predecessor died, and the value is a committed one — every field
+/// equal (a torn commit would mix old and new fields) and equal to the
+/// commits made: the crasher died in its `n`-th, which counts only if it
+/// died after the commit point.
+fn check_cell_after_crash(at: &str, worker: &Worker, cell: [u8; 16], point: &str, n: u64) {
+    let cell = Locked::<[u64; 8]>::from_bytes(cell);
+    let (died, value) = worker.call("lock the dead crasher's cell", move |p| {
+        let g = p.slab().lock(cell).expect("lock the crasher's cell");
+        (g.previous_holder_died(), *g)
+    });
+    assert!(
+        died,
+        "{at}: the next holder was not told its predecessor died"
+    );
+    let committed = if point == "cell.committed" { n } else { n - 1 };
+    assert_eq!(
+        value, [committed; 8],
+        "{at}: the value is not the last committed state ({committed} commits)"
+    );
+}
+
 fn kill_holders(
     test: &str,
     path: &str,

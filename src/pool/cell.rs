@@ -140,6 +140,14 @@ impl<'a> RawCell<'a> {
     pub(crate) fn commit(&self, held: &mut Held, value: &[u8]) {
         let next = held.seq.wrapping_add(1);
         let target = self.buffer(next);
+        // The target buffer is the one a reader that loaded `STATE` two
+        // commits ago may still be copying. This fence, before the first
+        // store into it, makes that reader's re-check see `STATE` moved if
+        // its copy saw any of our bytes: a load of ours, then its Acquire
+        // fence, synchronise with this fence, and `STATE = seq` (our
+        // predecessor's commit, which happens before our lock) happens
+        // before its re-check (the seqlock writer's first fence).
+        fence(Ordering::Release);
         crash_point("cell.before_write");
         let half = (value.len() / 16) * 8;
         store_via_words(0, &value[..half], |j| &target[j]);
@@ -153,6 +161,28 @@ impl<'a> RawCell<'a> {
         crash_point("cell.committed");
         if self.words[WATCHERS].load(Ordering::SeqCst) != 0 {
             unpark(&self.words[STATE], u32::MAX);
+        }
+    }
+
+    /// Plays a holder killed inside [`commit`](Self::commit): the first
+    /// `words` words of the new value written into the other buffer, and
+    /// the commit word stored only if `published`. (Tests and loom models
+    /// stop here, as `SIGKILL` would, and never unlock.)
+    #[cfg(test)]
+    pub(crate) fn commit_cut_short(
+        &self,
+        held: &Held,
+        value: &[u8],
+        words: usize,
+        published: bool,
+    ) {
+        let next = held.seq.wrapping_add(1);
+        let target = self.buffer(next);
+        let n = (8 * words).min(value.len());
+        store_via_words(0, &value[..n], |j| &target[j]);
+        if published {
+            fence(Ordering::Release);
+            self.words[STATE].store(next, Ordering::SeqCst);
         }
     }
 

@@ -388,13 +388,11 @@ pub(crate) fn acquire_cell<M: Memory>(
         let mut recovered = false;
         if cur != 0 {
             spins = spins.wrapping_add(1);
-            // Our own token: another thread of this process holds it.
-            let dead = cur != owner.token
-                && if spins == 1 {
-                    liveness.token_dead(mem, geo, cur, false)?
-                } else {
-                    backoff.time_to_ask() && liveness.token_dead(mem, geo, cur, true)?
-                };
+            // Our own token: another thread of this process holds it. Else
+            // the shared words are looked at every round (a few loads), and
+            // the kernel asked when the wait is long enough to matter.
+            let ask = spins > 1 && backoff.time_to_ask();
+            let dead = cur != owner.token && liveness.token_dead(mem, geo, cur, ask)?;
             recovered = dead;
         }
         if (cur == 0 && !defer) || recovered {

@@ -321,3 +321,121 @@ fn loom_models_an_attach_racing_the_last_detach_joins_or_is_refused() {
         }
     });
 }
+
+/// Two simulated processes on a segment with one class of 128-byte slots:
+/// room for a locked cell of two words (6 + 2 × 2 words).
+fn cell_processes() -> [(Arc<TestPool>, Owner); 2] {
+    let ps: Vec<_> = heap_processes(&[128], PAGE, 8 << 10, 2)
+        .into_iter()
+        .map(|(p, o)| (Arc::new(p), o))
+        .collect();
+    ps.try_into()
+        .unwrap_or_else(|_| unreachable!("heap_processes makes 2"))
+}
+
+fn cell_of<'a>(p: &'a TestPool, h: &SlotRef) -> super::cell::RawCell<'a> {
+    super::cell::RawCell::new(p.live_words(h, super::cell::words_for(16)).unwrap(), 16)
+}
+
+fn lock_cell(p: &TestPool, o: Owner, h: &SlotRef, v: &mut [u64; 2]) -> super::cell::Held {
+    cell_of(p, h)
+        .lock(
+            &p.mem,
+            &p.geo,
+            &p.liveness,
+            o,
+            None,
+            bytemuck::bytes_of_mut(v),
+        )
+        .unwrap()
+        .expect("no deadline")
+}
+
+#[test]
+fn loom_models_a_holder_killed_mid_commit_is_taken_over_and_no_torn_value_is_ever_seen() {
+    model(|| {
+        let [(p0, o0), (p1, o1)] = cell_processes();
+        let h = alloc_one(&p0, 0, o0).unwrap();
+        cell_of(&p0, &h).init(bytemuck::bytes_of(&[0u64; 2]));
+        // p0 takes the lock, writes one word of [1, 1] and is killed.
+        let t = {
+            let (p0, h) = (p0.clone(), h);
+            thread::spawn(move || {
+                let mut v = [0u64; 2];
+                let held = lock_cell(&p0, o0, &h, &mut v);
+                cell_of(&p0, &h).commit_cut_short(&held, bytemuck::bytes_of(&[1u64; 2]), 1, false);
+                drop(held); // killed: never unlocks
+                kill(&p0, Owner::row_of(o0.token).unwrap());
+            })
+        };
+        // p1 reads without the lock, racing the dying holder, then commits
+        // [5, 5] under the lock (before p0 takes it, or after its death).
+        let mut seen = [9u64; 2];
+        if cell_of(&p1, &h).snapshot(bytemuck::bytes_of_mut(&mut seen)) {
+            assert_eq!(seen, [0, 0], "a lock-free read saw an uncommitted value");
+        }
+        let mut v = [9u64; 2];
+        let mut held = lock_cell(&p1, o1, &h, &mut v);
+        assert_eq!(v, [0, 0], "the committed value, whatever p0 wrote");
+        cell_of(&p1, &h).commit(&mut held, bytemuck::bytes_of(&[5u64; 2]));
+        let recovered = held.recovered();
+        cell_of(&p1, &h).unlock(held);
+        t.join().unwrap();
+        // p1 either came first (then p0 took the lock after it and died
+        // holding it) or took the lock over from the dead p0.
+        let mut after = [9u64; 2];
+        assert!(cell_of(&p1, &h).snapshot(bytemuck::bytes_of_mut(&mut after)));
+        assert_eq!(after, [5, 5]);
+        if recovered {
+            assert_eq!(v, [0, 0]);
+        }
+    });
+}
+
+#[test]
+fn loom_models_a_notify_between_the_check_and_the_wait_is_not_lost() {
+    use super::notify::{self, RawNotifier};
+    model(|| {
+        let [(p0, o0), (p1, _)] = processes::<2>();
+        let h = alloc_one(&p0, 0, o0).unwrap();
+        let flag = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+        let t = {
+            let (p1, flag) = (p1.clone(), flag.clone());
+            thread::spawn(move || {
+                flag.store(true, Ordering::SeqCst);
+                RawNotifier::new(p1.live_words(&h, notify::WORDS).unwrap()).notify(false);
+            })
+        };
+        let n = RawNotifier::new(p0.live_words(&h, notify::WORDS).unwrap());
+        // The waiter's pattern: ticket, check, wait on the ticket. A lost
+        // wake-up parks it for ever: a deadlock loom reports (the modelled
+        // futex has no timeout).
+        let ticket = n.ticket();
+        if !flag.load(Ordering::SeqCst) {
+            assert!(n.wait(ticket, None));
+        }
+        t.join().unwrap();
+    });
+}
+
+#[test]
+fn loom_models_two_slice_roots_on_one_name_make_one_slice_with_one_length() {
+    use crate::typed::roots;
+    model(|| {
+        let [(p0, o0), (p1, o1)] = processes();
+        let ty = crate::typed::slice_root_type::<u64>();
+        let t = thread::spawn(move || {
+            roots::get_or_insert_entry(&p1, o1, "table", ty, 2, || alloc(&p1, o1)).unwrap()
+        });
+        let mine = roots::get_or_insert_entry(&p0, o0, "table", ty, 2, || alloc(&p0, o0)).unwrap();
+        let theirs = t.join().unwrap();
+        assert_eq!(mine, theirs);
+        let report = crate::check::check_pool(&p0, None).unwrap();
+        let allocated: u64 = report.classes.iter().map(|c| c.allocated).sum();
+        assert_eq!(
+            (allocated, report.roots),
+            (1, 1),
+            "the loser's table leaked"
+        );
+    });
+}

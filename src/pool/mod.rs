@@ -764,5 +764,8 @@ mod generation_tests;
 #[cfg(all(test, not(loom)))]
 mod lock_tests;
 
+#[cfg(all(test, not(loom)))]
+mod cell_tests;
+
 #[cfg(all(test, loom))]
 mod loom_models;

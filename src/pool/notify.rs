@@ -1,64 +1,63 @@
-//! The notifier's protocol: wake-ups across processes on two words of a
-//! slot.
-//!
-//! - `SEQ`: a sequence, bumped by every notify; its low 32 bits are the
-//!   futex a waiter parks on.
-//! - `WAITERS`: how many threads are (about to be) parked, so a notify with
-//!   nobody parked makes no syscall.
+//! The notifier's protocol: wake-ups across processes on one word of a
+//! slot, whose low 32 bits are a sequence (bumped by every notify, and the
+//! futex a waiter parks on) and whose high 32 bits count the threads that
+//! are (about to be) parked, so a notify with nobody parked makes no
+//! syscall.
 //!
 //! A waiter takes a *ticket* (the sequence now) before it checks whatever
 //! condition it waits for, then waits for the sequence to move past the
 //! ticket: a notify between the check and the park is not lost, because the
 //! park is a futex wait on the value seen, which the kernel refuses to begin
-//! once the value has changed. In order (all `SeqCst`, one total order):
+//! once the value has changed.
 //!
 //! ```text
-//! waiter:  WAITERS += 1;  s = SEQ;  if s == ticket { futex_wait(SEQ, ticket) };  WAITERS -= 1
-//! notify:  SEQ += 1;      if WAITERS != 0 { futex_wake(SEQ) }
+//! waiter:  old = word.fetch_add(1 << 32)            // count me
+//!          if old.seq == ticket { futex_wait(word.low, ticket) }
+//!          word.fetch_sub(1 << 32)
+//! notify:  old = word.bump_seq()                    // CAS: low half + 1, high kept
+//!          if old.waiters != 0 { futex_wake(word.low) }
 //! ```
 //!
-//! If the notifier read `WAITERS == 0`, the waiter's increment comes after
-//! that read in the total order, so its load of `SEQ` comes after the bump
-//! and it does not park. Otherwise the wake is sent; a waiter not yet in the
-//! kernel finds the value changed and returns at once. Wake-ups without a
-//! notify (signals, the timeout, a `notify_one` meant for another) are
-//! absorbed: the waiter re-checks the sequence and parks again.
+//! Both are read-modify-writes of the one word, so one comes first in its
+//! modification order: if the notify's, the waiter's `fetch_add` returns the
+//! bumped sequence and it does not park; if the waiter's, the notify sees it
+//! counted and wakes it (a waiter not yet in the kernel then finds the value
+//! changed and returns at once). No cross-word ordering (no Dekker pattern)
+//! is needed — which is also what lets the loom model check it. Wake-ups
+//! without a notify (signals, the timeout, a `notify_one` meant for another)
+//! are absorbed: the waiter re-checks the sequence and parks again.
 //!
-//! A waiter that dies parked leaves `WAITERS` one too high: every later
-//! notify then makes one needless `futex_wake`, and nothing else changes (the
-//! kernel forgets a dead thread's wait). Both words are untrusted: a peer
-//! that writes junk into them can cause spurious wake-ups, or delay one by
-//! at most a park's length (a second), but no error, panic, hang or access
-//! outside the slot.
+//! A waiter that dies parked leaves the count one too high: every later
+//! notify then makes one needless `futex_wake`, and nothing else changes
+//! (the kernel forgets a dead thread's wait). The word is untrusted: a peer
+//! that writes junk into it can cause spurious wake-ups, or delay one by at
+//! most a park's length (a second), but no error, panic, hang or access
+//! outside the slot (the count wraps harmlessly; the sequence half is never
+//! carried into).
 
 use crate::sync::{AtomicU64, Ordering, park, unpark};
 use std::time::{Duration, Instant};
 
 /// Words of a notifier's slot.
-pub(crate) const WORDS: usize = 2;
-const SEQ: usize = 0;
-const WAITERS: usize = 1;
+pub(crate) const WORDS: usize = 1;
+const WAITER: u64 = 1 << 32;
 
-/// A notifier over the words of its (checked, live) slot.
+/// A notifier over the word of its (checked, live) slot.
 #[derive(Clone, Copy)]
 pub(crate) struct RawNotifier<'a> {
-    seq: &'a AtomicU64,
-    waiters: &'a AtomicU64,
+    word: &'a AtomicU64,
 }
 
 impl<'a> RawNotifier<'a> {
     /// The notifier over `words` (at least [`WORDS`] of them).
     pub(crate) fn new(words: &'a [AtomicU64]) -> Self {
-        RawNotifier {
-            seq: &words[SEQ],
-            waiters: &words[WAITERS],
-        }
+        RawNotifier { word: &words[0] }
     }
 
     /// The sequence now: take it before checking a condition, then
     /// [`wait`](Self::wait) on it.
     pub(crate) fn ticket(&self) -> u32 {
-        self.seq.load(Ordering::SeqCst) as u32
+        self.word.load(Ordering::Acquire) as u32
     }
 
     /// Waits until a notify after `ticket`, or until `deadline`. Returns
@@ -75,24 +74,36 @@ impl<'a> RawNotifier<'a> {
                     _ => return false,
                 },
             };
-            self.waiters.fetch_add(1, Ordering::SeqCst);
-            if self.ticket() == ticket {
+            let old = self.word.fetch_add(WAITER, Ordering::AcqRel);
+            if old as u32 == ticket {
                 park(
-                    self.seq,
+                    self.word,
                     ticket,
                     Some(timeout.map_or(MAX_PARK, |t| t.min(MAX_PARK))),
                 );
             }
-            self.waiters.fetch_sub(1, Ordering::SeqCst);
+            self.word.fetch_sub(WAITER, Ordering::AcqRel);
         }
     }
 
     /// Wakes one parked waiter (all waiters see the notify when they next
     /// look), or every parked waiter.
     pub(crate) fn notify(&self, all: bool) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        if self.waiters.load(Ordering::SeqCst) != 0 {
-            unpark(self.seq, if all { u32::MAX } else { 1 });
+        let mut cur = self.word.load(Ordering::Relaxed);
+        // Bounded: a peer rewriting the word without pause only costs this
+        // notify its wake-up (its waiters re-check within a park's length).
+        for _ in 0..1024 {
+            let bumped = (cur & !(u32::MAX as u64)) | (cur as u32).wrapping_add(1) as u64;
+            match self
+                .word
+                .compare_exchange_weak(cur, bumped, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(now) => cur = now,
+            }
+        }
+        if cur >> 32 != 0 {
+            unpark(self.word, if all { u32::MAX } else { 1 });
         }
     }
 }
