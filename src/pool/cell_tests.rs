@@ -98,7 +98,7 @@ fn a_holder_killed_anywhere_in_a_commit_leaves_a_committed_value_and_the_next_ho
         let mut v = quad(0);
         let held = lock(p0, *o0, &c0, &mut v);
         c0.commit_cut_short(&held, bytes(&quad(7)), words, published);
-        drop(held); // killed: never unlocks (Held has no Drop; only unlock releases)
+        let _killed_holding = held; // never unlocked: only unlock releases
         kill(p0, Owner::row_of(o0.token).unwrap());
 
         let c1 = cell(p1, &h);

@@ -364,7 +364,7 @@ fn loom_models_a_holder_killed_mid_commit_is_taken_over_and_no_torn_value_is_eve
                 let mut v = [0u64; 2];
                 let held = lock_cell(&p0, o0, &h, &mut v);
                 cell_of(&p0, &h).commit_cut_short(&held, bytemuck::bytes_of(&[1u64; 2]), 1, false);
-                drop(held); // killed: never unlocks
+                let _killed_holding = held; // never unlocked
                 kill(&p0, Owner::row_of(o0.token).unwrap());
             })
         };
