@@ -5,8 +5,9 @@
 //!
 //! 1. a *worker* that attaches, finds the root, and allocates typed records
 //!    and variable-size buffers while the parent does the same — the file
-//!    grows several times under both of them — then publishes its records
-//!    under another root and exits cleanly;
+//!    grows several times under both of them, and both count what they
+//!    allocate in the root's shared atomic counters as they go — then
+//!    publishes its records under another root and exits cleanly;
 //! 2. a *crasher* that allocates buffers and is killed with SIGKILL, so the
 //!    parent can show `reclaim_dead` freeing exactly what it held.
 //!
@@ -17,12 +18,15 @@ use shmslab::bytemuck::{Pod, Zeroable};
 use shmslab::{Handle, Schema, Slab};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
-/// Counters shared through a named root. `update` reads, modifies and writes
-/// back the whole struct, so two processes updating it at once could undo
-/// each other's fields: the parent writes its fields only after the worker
-/// has exited.
+/// Counters shared through a named root, changed in place through its atomic
+/// view (`StatsAtomics`, below), so the parent and the worker update them
+/// at the same time without losing an update. (`update` would not do: it
+/// copies the whole struct out and back, undoing a concurrent writer's
+/// fields.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 #[bytemuck(crate = "shmslab::bytemuck")]
@@ -38,6 +42,20 @@ struct Stats {
 }
 impl Schema for Stats {
     const SCHEMA_ID: Option<u64> = Some(0x7374_6174_7300_0001);
+}
+
+shmslab::atomic_fields! {
+    /// `Stats` with every field an `AtomicU64`: `slab.atomic(handle)`.
+    struct StatsAtomics for Stats {
+        parent_records,
+        parent_buffers,
+        parent_bytes,
+        worker_records,
+        worker_buffers,
+        worker_bytes,
+        worker_pid,
+        worker_saw_generation,
+    }
 }
 
 /// A typed record, as a service might keep per client.
@@ -85,23 +103,28 @@ fn next(x: &mut u64) -> u64 {
     x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
-/// Allocates records and buffers; returns (records, buffers, bytes).
+/// Allocates records and buffers, counting them in the shared `counters`
+/// (records, buffers, bytes) as it goes; returns (records, buffers, bytes).
 fn work(
     slab: &Slab,
     seed: u64,
     rounds: u64,
     tag: &str,
+    counters: [&AtomicU64; 3],
 ) -> shmslab::Result<(Vec<Handle<Record>>, u64, u64)> {
     let mut x = seed;
     let mut records = Vec::new();
     let (mut buffers, mut bytes) = (0u64, 0u64);
     for i in 0..rounds {
         records.push(slab.alloc(record(i, &format!("{tag}-{i}")))?);
+        counters[0].fetch_add(1, Relaxed);
         let len = 64 + (next(&mut x) % 8000) as usize;
         let buf = slab.alloc_bytes(len)?;
         slab.write_bytes(buf, 0, &vec![i as u8; len])?;
         buffers += 1;
         bytes += len as u64;
+        counters[1].fetch_add(1, Relaxed);
+        counters[2].fetch_add(len as u64, Relaxed);
         if i % 3 == 0 {
             slab.free(buf)?; // some churn: freed slots are reused
         }
@@ -157,14 +180,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         child.id()
     );
 
-    // Work alongside the worker.
-    let (mine, buffers, bytes) = work(&slab, 0x9E37_79B9_7F4A_7C15, 4000, "parent")?;
+    // Work alongside the worker, counting in the same root as it does.
+    let counters = slab.atomic(stats)?; // the root stays live: safe to keep
+    let (mine, buffers, bytes) = work(
+        &slab,
+        0x9E37_79B9_7F4A_7C15,
+        4000,
+        "parent",
+        [
+            &counters.parent_records,
+            &counters.parent_buffers,
+            &counters.parent_bytes,
+        ],
+    )?;
     let status = child.wait()?;
-    slab.update(stats, |s| {
-        s.parent_records = mine.len() as u64;
-        s.parent_buffers = buffers;
-        s.parent_bytes = bytes;
-    })?;
     let mut out = String::new();
     if let Some(stdout) = child.stdout.take() {
         for line in BufReader::new(stdout).lines() {
@@ -174,8 +203,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{out}");
     println!("[parent] worker exited: {status}");
 
-    // What the worker left: counters in the root, records through the inbox.
+    // What both counted in the root, and the worker's records in the inbox.
     let s = slab.read(stats)?;
+    assert_eq!(
+        (s.parent_records, s.parent_buffers, s.parent_bytes),
+        (mine.len() as u64, buffers, bytes),
+        "the worker's concurrent updates of the root undid none of the parent's"
+    );
     println!(
         "[parent] allocated {} records and {} buffers ({} KiB); the worker, pid {}: {} records, {} buffers ({} KiB)",
         s.parent_records,
@@ -283,18 +317,28 @@ fn worker(path: &str) -> Result<(), Box<dyn std::error::Error>> {
         "[worker] attached to {path}; found root \"stats\"; generation {}",
         slab.generation()
     );
-    let (records, buffers, bytes) = work(&slab, 0xD1B5_4A32_D192_ED03, 4000, "worker")?;
+    let counters = slab.atomic(stats)?;
+    counters
+        .worker_pid
+        .store(std::process::id() as u64, Relaxed);
+    let (records, buffers, _) = work(
+        &slab,
+        0xD1B5_4A32_D192_ED03,
+        4000,
+        "worker",
+        [
+            &counters.worker_records,
+            &counters.worker_buffers,
+            &counters.worker_bytes,
+        ],
+    )?;
     let mut inbox = Inbox::zeroed();
     inbox.count = records.len().min(8) as u64;
     inbox.records[..8].copy_from_slice(&records[..8]);
     slab.root_or_insert("inbox", inbox)?;
-    slab.update(stats, |s| {
-        s.worker_pid = std::process::id() as u64;
-        s.worker_records = records.len() as u64;
-        s.worker_buffers = buffers;
-        s.worker_bytes = bytes;
-        s.worker_saw_generation = slab.generation();
-    })?;
+    counters
+        .worker_saw_generation
+        .fetch_max(slab.generation(), Relaxed);
     println!(
         "[worker] allocated {} records and {} buffers; generation now {}; exiting cleanly (my records stay)",
         records.len(),
