@@ -349,8 +349,14 @@ pub(crate) fn acquire_cell<M: Memory>(
     let started = Instant::now();
     #[cfg(not(loom))]
     let mut deferring: Option<(u64, Instant)> = None;
+    // Named in `next` while waiting: cleared however the wait ends (an
+    // error included), or the others would keep deferring to us.
     #[cfg_attr(loom, allow(unused_mut))]
-    let mut named = false;
+    let mut named = Named {
+        next: lock.next,
+        token: owner.token,
+        set: false,
+    };
     let result = loop {
         let cur = lock.word.load(Ordering::Acquire);
         let next = lock.next.load(Ordering::Acquire);
@@ -416,20 +422,33 @@ pub(crate) fn acquire_cell<M: Memory>(
             }
         }
         #[cfg(not(loom))]
-        if !named && started.elapsed() >= STARVING {
-            named = lock
+        if !named.set && started.elapsed() >= STARVING {
+            named.set = lock
                 .next
                 .compare_exchange(0, owner.token, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok();
         }
         park_cell(lock, cur, &mut backoff, deadline)?;
     };
-    if named {
-        let _ = lock
-            .next
-            .compare_exchange(owner.token, 0, Ordering::AcqRel, Ordering::Relaxed);
-    }
+    drop(named);
     Ok(result)
+}
+
+/// A waiter's name in a value lock's `next` word, taken back when dropped.
+struct Named<'a> {
+    next: &'a AtomicU64,
+    token: u64,
+    set: bool,
+}
+
+impl Drop for Named<'_> {
+    fn drop(&mut self) {
+        if self.set {
+            let _ = self
+                .next
+                .compare_exchange(self.token, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One round of waiting for a value lock seen as `cur`: spin and yield a
