@@ -33,6 +33,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Views are of `u64` fields only (the width of the copy path's words):
+//! keep a flag or a small counter in a `u64`, and cast a signed one.
+//!
 //! # One width
 //!
 //! The copy path touches every byte of a slot as part of its aligned 8-byte
@@ -119,14 +122,14 @@ macro_rules! atomic_fields {
         }
 
         // Every named field of the value is a `u64`...
-        const _: fn(&$value) = |v| { $( let _: &u64 = &v.$field; )+ };
+        const _: fn(&$value) = |v| { $( let _: &::core::primitive::u64 = &v.$field; )+ };
         // ...at its twin's offset, and together they are the whole value.
         const _: () = {
-            $( assert!(
+            $( ::core::assert!(
                 ::core::mem::offset_of!($value, $field) == ::core::mem::offset_of!($view, $field),
                 "a field of the value is not at the offset of its atomic twin"
             ); )+
-            assert!(
+            ::core::assert!(
                 ::core::mem::size_of::<$value>() == ::core::mem::size_of::<$view>(),
                 "the value has bytes that are not among the listed u64 fields"
             );

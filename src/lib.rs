@@ -47,6 +47,7 @@
 //! | `pool` | size classes, extents, slot metadata, free lists, growth |
 //! | `peers` | attached processes, liveness, reclaiming dead ones' slots |
 //! | `typed` | [`Handle<T>`], [`SliceHandle<T>`], named roots |
+//! | [`atomics`], [`locked`], [`notifier`] | shared atomics on slot data, crash-atomic locked values, wake-ups across processes |
 //! | `slab` | [`Slab`], the front door |
 //! | `check`, `inspect` | [`Slab::check`] and the read-only [`inspect`] |
 //!

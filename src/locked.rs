@@ -358,7 +358,9 @@ impl Slab {
     }
 
     /// Runs `f` on the value under its lock and commits what it leaves
-    /// (nothing, if `f` panics). The returned value is `f`'s.
+    /// (nothing, if `f` panics). The returned value is `f`'s. (To learn
+    /// whether the previous holder died, use [`lock`](Slab::lock) and
+    /// [`LockedGuard::previous_holder_died`].)
     pub fn transact<T: Pod, R>(&self, handle: Locked<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
         let mut guard = self.lock(handle)?;
         let r = f(&mut guard);

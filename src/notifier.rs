@@ -135,12 +135,42 @@ impl Notifier<'_> {
         self.wait_since(self.ticket(), timeout)
     }
 
-    /// Wakes one parked waiter (every waiter that looks sees the notify).
+    /// Waits until `condition` holds, checking it after every notify (and
+    /// once at the start): the ticket-before-check pattern, written once.
+    /// Returns whether it held before `timeout` passed (`None`: no limit).
+    pub fn wait_until(
+        &self,
+        timeout: Option<Duration>,
+        mut condition: impl FnMut() -> bool,
+    ) -> bool {
+        let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or(far_future()));
+        loop {
+            let ticket = self.raw.ticket();
+            if condition() {
+                return true;
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return false,
+                },
+            };
+            self.wait_since(Ticket(ticket), left);
+        }
+    }
+
+    /// Bumps the sequence, so every waiter whose ticket is older sees a
+    /// notify when it next looks, and wakes one parked waiter now (the
+    /// others look at the latest within a second, their longest park).
+    /// Writes this thread made before the notify are visible to a waiter
+    /// that sees it (Release, and the waiter's Acquire).
     pub fn notify_one(&self) {
         self.raw.notify(false)
     }
 
-    /// Wakes every parked waiter.
+    /// Bumps the sequence and wakes every parked waiter (ordering as for
+    /// [`notify_one`](Self::notify_one)).
     pub fn notify_all(&self) {
         self.raw.notify(true)
     }
