@@ -391,13 +391,16 @@ pub(crate) fn acquire_cell<M: Memory>(
         #[cfg(loom)]
         let defer = false;
         let _ = next;
+        // A wait that is over asks the kernel once more before it gives up
+        // (so `try_lock` takes over a dead holder's lock).
+        let expired = deadline.is_some_and(|d| std::time::Instant::now() >= d);
         let mut recovered = false;
         if cur != 0 {
             spins = spins.wrapping_add(1);
             // Our own token: another thread of this process holds it. Else
             // the shared words are looked at every round (a few loads), and
             // the kernel asked when the wait is long enough to matter.
-            let ask = spins > 1 && backoff.time_to_ask();
+            let ask = expired || (spins > 1 && backoff.time_to_ask());
             let dead = cur != owner.token && liveness.token_dead(mem, geo, cur, ask)?;
             recovered = dead;
         }
@@ -416,10 +419,8 @@ pub(crate) fn acquire_cell<M: Memory>(
             backoff.holder_changed();
             continue;
         }
-        if let Some(d) = deadline {
-            if std::time::Instant::now() >= d {
-                break None;
-            }
+        if expired {
+            break None;
         }
         #[cfg(not(loom))]
         if !named.set && started.elapsed() >= STARVING {
@@ -462,6 +463,10 @@ fn park_cell(
 ) -> Result<()> {
     #[cfg(not(loom))]
     if backoff.rounds >= 64 + 16 {
+        // Parked waits still time the holder's silence, which decides when
+        // to ask the kernel about it (a waiter that lost a take-over race
+        // must not stop asking).
+        backoff.observe(cur, lock.progress);
         let mut nap = Duration::from_millis(1);
         if let Some(d) = deadline {
             nap = nap.min(d.saturating_duration_since(std::time::Instant::now()));
@@ -574,20 +579,28 @@ impl Backoff {
     }
 
     /// One round of waiting on `holder`, whose progress word is `progress`.
+    /// Notes the (lock word, progress word) pair seen now; returns how long
+    /// the wait has lasted and since when the pair has not changed.
+    #[cfg(not(loom))]
+    fn observe(&mut self, holder: u64, progress: &AtomicU64) -> (Instant, Duration, Instant) {
+        let now = Instant::now();
+        let waited = now.duration_since(*self.started.get_or_insert(now));
+        let seen = (holder, progress.load(Ordering::Relaxed));
+        let since = match self.seen {
+            Some((last, since)) if last == seen => since,
+            _ => {
+                self.seen = Some((seen, now));
+                now
+            }
+        };
+        (now, waited, since)
+    }
+
     fn wait(&mut self, holder: u64, progress: &AtomicU64) -> Result<()> {
         self.rounds = self.rounds.saturating_add(1);
         #[cfg(not(loom))]
         if self.rounds >= 64 {
-            let now = Instant::now();
-            let waited = now.duration_since(*self.started.get_or_insert(now));
-            let seen = (holder, progress.load(Ordering::Relaxed));
-            let since = match self.seen {
-                Some((last, since)) if last == seen => since,
-                _ => {
-                    self.seen = Some((seen, now));
-                    now
-                }
-            };
+            let (now, waited, since) = self.observe(holder, progress);
             if now.duration_since(since) > self.hold_limit {
                 return Err(Error::corrupt(format!(
                     "a shared lock has been held by live peer token {holder:#x} \
