@@ -9,6 +9,8 @@
 #   PROFILE_TOOL=callgrind benches/profile.sh w1/shmslab w1/malloc
 #                                           # instructions per operation instead
 #                                           # (repeatable; W1/W2/W3/attach, one run)
+#   PROFILE_TOOL=callgrind benches/profile.sh coop-lock-1p/shmslab-transact coop-add-1p/mmap-atomic
+#                                           # the one-process coop variants too
 #
 # Needs perf (linux-perf), addr2line/nm (binutils) and python3. Data goes to
 # $PROFILE_OUT (default target/profile).
@@ -27,6 +29,8 @@ if [ "${PROFILE_TOOL:-perf}" = callgrind ]; then
       w1/* | w4/*) fn='*w1_loop*' ops=1000000 ;; w2*) fn='*w2_steps*' ops=1000000 ;;
       w3/*) fn='*w3_loop*' ops=4000000 ;;
       attach/shmslab) fn='*attach_shm*' ops=200 ;; attach/rts-alloc) fn='*attach_rts*' ops=200 ;;
+      # The coop counts (workloads/coop.rs, FULL): one loop per variant.
+      coop-add-1p/*) fn='*coop_add_loop*' ops=5000000 ;; coop-lock-1p/*) fn='*coop_lock_loop*' ops=1000000 ;;
       *) echo "callgrind: no single-process region for $w" >&2; continue ;;
     esac
     name=${w//\//-}

@@ -15,9 +15,16 @@
 //! - `SHMSLAB_BENCH_CRITERION=0` / `SHMSLAB_BENCH_TABLE=0`: skip one part.
 //! - `SHMSLAB_BENCH_RTS_SLAB=BYTES`: rts-alloc's slab size (default 64 KiB).
 //!
+//! Then the cooperation workloads (`coop-*`, in `coop.rs`): shared atomics,
+//! locked values and notifiers beside their baselines (a `MAP_SHARED`
+//! `AtomicU64`, `parking_lot` and robust pthread mutexes, a raw futex and a
+//! pipe), in criterion groups and in a table of their own;
+//! `cargo bench -- coop` runs only those.
+//!
 //! Run without `--bench` (as `cargo test --benches` does) it is a smoke
 //! test: every workload once with tiny counts, no criterion, no timing claims.
 
+mod coop;
 mod heaps;
 mod report;
 mod runs;
@@ -152,6 +159,20 @@ impl Options {
     fn any(&self, workload: &str) -> bool {
         Alloc::ALL.iter().any(|&a| self.sel(workload, a))
     }
+
+    /// Whether a coop `group/variant` name is selected by the filter.
+    fn sel_name(&self, name: &str) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| name.contains(f.as_str()))
+    }
+
+    /// Whether any of the allocator workloads (W1–W5, attach) is selected.
+    fn any_alloc(&self) -> bool {
+        ["w1", "w2", "w2-4k", "w3", "w4", "w5", "attach"]
+            .iter()
+            .any(|w| self.any(w))
+    }
 }
 
 const RTS_W2: &str = "rts-alloc's largest class is 4096 B; W2 allocates 16384-byte blocks";
@@ -163,6 +184,10 @@ const MALLOC_ATTACH: &str = "malloc has nothing to attach to";
 fn main() {
     if let Ok(spec) = std::env::var(runs::CHILD_ENV) {
         runs::child_main(&spec);
+        return;
+    }
+    if let Ok(spec) = std::env::var(coop::CHILD_ENV) {
+        coop::child_main(&spec);
         return;
     }
     remove_stale_segments();
@@ -185,12 +210,30 @@ fn main() {
         };
         criterion_part(&opts, shm, rts);
     }
-    if opts.table {
+    if opts.table && opts.any_alloc() {
         let (shm, rts) = match &attach {
             Some((s, r)) => (s.as_ref(), r.as_ref()),
             None => (None, None),
         };
         table_part(&opts, shm, rts);
+    }
+    if opts.table {
+        let (counts, reps, mode) = if !opts.bench {
+            (
+                coop::SMOKE,
+                1,
+                "SMOKE TEST (run without --bench): tiny counts, one repetition; the numbers mean nothing.",
+            )
+        } else if opts.quick {
+            (
+                coop::QUICK,
+                opts.counts.reps,
+                "QUICK MODE (SHMSLAB_BENCH_QUICK=1): a tenth of the counts.",
+            )
+        } else {
+            (coop::FULL, opts.counts.reps, "")
+        };
+        coop::table_part(counts, reps, mode, &|n| opts.sel_name(n));
     }
 }
 
@@ -357,6 +400,7 @@ fn criterion_part(
         }
         g.finish();
     }
+    coop::criterion_part(&mut c, &|n| opts.sel_name(n));
     c.final_summary();
 }
 
