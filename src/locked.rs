@@ -246,7 +246,7 @@ impl<T: Pod> Drop for LockedGuard<'_, T> {
             self.commit();
         }
         if let Some(held) = self.held.take() {
-            self.cell.unlock(held);
+            self.cell.unlock(&held);
         }
     }
 }
@@ -301,50 +301,32 @@ impl Slab {
             .map(Locked::from_raw))
     }
 
-    fn cell_of<T: Pod>(&self, handle: Locked<T>) -> Result<RawCell<'_>> {
+    /// The locked value a handle names, checked once: a view to lock,
+    /// update and read it without checking the handle again (as the
+    /// atomics' views; see [the module doc](crate::locked) for what one held
+    /// across a free does). [`Slab::lock`], [`Slab::transact`] and the rest
+    /// make one per call.
+    #[inline]
+    pub fn locked<T: Pod>(&self, handle: Locked<T>) -> Result<LockedRef<'_, T>> {
         let words = self
             .pool()?
             .live_words(&handle.raw, cell::words_for(size_of::<T>()))?;
-        Ok(RawCell::new(words, size_of::<T>()))
-    }
-
-    fn lock_until<T: Pod>(
-        &self,
-        handle: Locked<T>,
-        deadline: Option<Instant>,
-    ) -> Result<Option<LockedGuard<'_, T>>> {
-        let pool = self.pool()?;
-        let cell = self.cell_of(handle)?;
-        let mut value = T::zeroed();
-        let held = cell.lock(
-            &pool.mem,
-            &pool.geo,
-            &pool.liveness,
-            self.me,
-            deadline,
-            bytemuck::bytes_of_mut(&mut value),
-        )?;
-        Ok(held.map(|held| LockedGuard {
+        Ok(LockedRef {
             slab: self,
-            cell,
-            recovered: held.recovered(),
-            held: Some(held),
-            value,
-            dirty: false,
-        }))
+            cell: RawCell::new(words, size_of::<T>()),
+            _type: PhantomData,
+        })
     }
 
     /// Takes the value's lock, waiting for as long as a live holder keeps
     /// it (a dead holder's is taken over).
     pub fn lock<T: Pod>(&self, handle: Locked<T>) -> Result<LockedGuard<'_, T>> {
-        Ok(self
-            .lock_until(handle, None)?
-            .expect("a wait without a deadline takes the lock"))
+        self.locked(handle)?.lock()
     }
 
     /// Takes the value's lock if it is free (or its holder is dead) now.
     pub fn try_lock<T: Pod>(&self, handle: Locked<T>) -> Result<Option<LockedGuard<'_, T>>> {
-        self.lock_until(handle, Some(Instant::now()))
+        self.locked(handle)?.try_lock()
     }
 
     /// Takes the value's lock, waiting at most `timeout`; `None` if it
@@ -354,30 +336,135 @@ impl Slab {
         handle: Locked<T>,
         timeout: Duration,
     ) -> Result<Option<LockedGuard<'_, T>>> {
-        self.lock_until(handle, Some(Instant::now() + timeout))
+        self.locked(handle)?.lock_timeout(timeout)
     }
 
     /// Runs `f` on the value under its lock and commits what it leaves
     /// (nothing, if `f` panics). The returned value is `f`'s. (To learn
     /// whether the previous holder died, use [`lock`](Slab::lock) and
     /// [`LockedGuard::previous_holder_died`].)
+    #[inline]
     pub fn transact<T: Pod, R>(&self, handle: Locked<T>, f: impl FnOnce(&mut T) -> R) -> Result<R> {
-        let mut guard = self.lock(handle)?;
-        let r = f(&mut guard);
-        guard.commit();
-        Ok(r)
+        self.locked(handle)?.transact(f)
     }
 
     /// The last committed value, read without the lock (a consistent copy,
     /// never torn, even while others commit).
     pub fn read_locked<T: Pod>(&self, handle: Locked<T>) -> Result<T> {
-        let cell = self.cell_of(handle)?;
+        self.locked(handle)?.read()
+    }
+}
+
+/// A locked value in the mapping, its handle checked: what
+/// [`Slab::locked`] gives. Every operation still refuses to run in a
+/// forked child ([`Error::ForkedProcess`](crate::Error::ForkedProcess)).
+pub struct LockedRef<'a, T> {
+    slab: &'a Slab,
+    cell: RawCell<'a>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for LockedRef<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for LockedRef<'_, T> {}
+
+impl<T> std::fmt::Debug for LockedRef<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LockedRef<{}>", std::any::type_name::<T>())
+    }
+}
+
+impl<'a, T: Pod> LockedRef<'a, T> {
+    #[inline]
+    fn lock_until(self, deadline: Option<Instant>) -> Result<Option<LockedGuard<'a, T>>> {
+        let pool = self.slab.pool()?;
         let mut value = T::zeroed();
-        if cell.snapshot(bytemuck::bytes_of_mut(&mut value)) {
+        let held = self.cell.lock(
+            &pool.mem,
+            &pool.geo,
+            &pool.liveness,
+            self.slab.me,
+            deadline,
+            bytemuck::bytes_of_mut(&mut value),
+        )?;
+        Ok(held.map(|held| LockedGuard {
+            slab: self.slab,
+            cell: self.cell,
+            recovered: held.recovered(),
+            held: Some(held),
+            value,
+            dirty: false,
+        }))
+    }
+
+    /// As [`Slab::lock`].
+    pub fn lock(self) -> Result<LockedGuard<'a, T>> {
+        match self.lock_until(None)? {
+            Some(guard) => Ok(guard),
+            None => unreachable!("a wait without a deadline takes the lock"),
+        }
+    }
+
+    /// As [`Slab::try_lock`].
+    pub fn try_lock(self) -> Result<Option<LockedGuard<'a, T>>> {
+        self.lock_until(Some(Instant::now()))
+    }
+
+    /// As [`Slab::lock_timeout`].
+    pub fn lock_timeout(self, timeout: Duration) -> Result<Option<LockedGuard<'a, T>>> {
+        self.lock_until(Some(Instant::now() + timeout))
+    }
+
+    /// As [`Slab::transact`]: the lock, `f` on a copy, the commit, the
+    /// release, without a guard's layers (the hot path of a shared counter
+    /// or table update).
+    #[inline]
+    pub fn transact<R>(self, f: impl FnOnce(&mut T) -> R) -> Result<R> {
+        let pool = self.slab.pool()?;
+        let mut value = T::zeroed();
+        let Some(held) = self.cell.lock(
+            &pool.mem,
+            &pool.geo,
+            &pool.liveness,
+            self.slab.me,
+            None,
+            bytemuck::bytes_of_mut(&mut value),
+        )?
+        else {
+            unreachable!("a wait without a deadline takes the lock")
+        };
+        // Unlocks (without committing) if `f` panics.
+        struct Unlock<'c, 'a> {
+            cell: &'c RawCell<'a>,
+            held: Held,
+        }
+        impl Drop for Unlock<'_, '_> {
+            fn drop(&mut self) {
+                self.cell.unlock(&self.held);
+            }
+        }
+        let mut hold = Unlock {
+            cell: &self.cell,
+            held,
+        };
+        let r = f(&mut value);
+        self.cell.commit(&mut hold.held, bytemuck::bytes_of(&value));
+        drop(hold);
+        Ok(r)
+    }
+
+    /// As [`Slab::read_locked`].
+    pub fn read(self) -> Result<T> {
+        self.slab.pool()?;
+        let mut value = T::zeroed();
+        if self.cell.snapshot(bytemuck::bytes_of_mut(&mut value)) {
             return Ok(value);
         }
         // Commits without pause (or a peer writing the sequence): take the
         // lock for one consistent copy.
-        Ok(*self.lock(handle)?)
+        Ok(*self.lock()?)
     }
 }

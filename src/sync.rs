@@ -350,6 +350,46 @@ fn store_whole_words<'w, W: SharedWord + 'w>(src: &[u8], word: impl Fn(usize) ->
     }
 }
 
+/// Copies the first `dst.len()` bytes of `words` (which hold at least that
+/// many) into `dst`: whole-word loads, the last one cut. For memory whose
+/// words all belong to one buffer (a locked value's), zipped, so no index
+/// is checked per word.
+#[inline(always)]
+pub(crate) fn load_from_words<W: SharedWord>(words: &[W], dst: &mut [u8]) {
+    let mut chunks = dst.chunks_exact_mut(8);
+    let mut words = words.iter();
+    for (chunk, w) in (&mut chunks).zip(&mut words) {
+        chunk.copy_from_slice(&w.load_word().to_ne_bytes());
+    }
+    let tail = chunks.into_remainder();
+    if !tail.is_empty() {
+        if let Some(w) = words.next() {
+            let n = tail.len();
+            tail.copy_from_slice(&w.load_word().to_ne_bytes()[..n]);
+        }
+    }
+}
+
+/// Stores `src` into the first words of `words`, whole words, the last one
+/// padded with zeros: for a buffer whose words are all the writer's (a
+/// locked value's, under its lock), so no byte outside `src` needs keeping.
+#[inline(always)]
+pub(crate) fn store_to_words<W: SharedWord>(words: &[W], src: &[u8]) {
+    let mut chunks = src.chunks_exact(8);
+    let mut words = words.iter();
+    for (chunk, w) in (&mut chunks).zip(&mut words) {
+        w.store_word(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")));
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        if let Some(w) = words.next() {
+            let mut b = [0u8; 8];
+            b[..tail.len()].copy_from_slice(tail);
+            w.store_word(u64::from_ne_bytes(b));
+        }
+    }
+}
+
 /// Bytes `at .. at + dst.len()` of one word (a partial head or tail).
 #[inline(always)]
 fn load_part<W: SharedWord>(word: &W, at: usize, dst: &mut [u8]) {

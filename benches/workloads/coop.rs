@@ -6,7 +6,7 @@
 //! |---|---|---|---|
 //! | `coop-add-1p` | `fetch_add(1, Relaxed)` on one counter, one process | `shmslab-view`: `slab.atomic(h)?` once, then `view.n.fetch_add`; `shmslab-remade`: `slab.atomic(h)?.n.fetch_add` per operation | `mmap-atomic`: `AtomicU64::fetch_add` on a `MAP_SHARED` memmap2 mapping of a file |
 //! | `coop-add-2p` | the same, two processes on the one counter | as above | as above |
-//! | `coop-lock-1p` | lock, add 1 to each of 8 `u64` (64 B), unlock; one process | `shmslab-transact`: `transact` on a `Locked<[u64; 8]>` | `parking_lot`: `parking_lot::Mutex<[u64; 8]>`; `pthread-robust`: a `PTHREAD_PROCESS_SHARED` + `PTHREAD_MUTEX_ROBUST` mutex in a `MAP_SHARED` mapping, the `[u64; 8]` beside it |
+//! | `coop-lock-1p` | lock, add 1 to each of 8 `u64` (64 B), unlock; one process | `shmslab-transact`: `transact` on a `Locked<[u64; 8]>` through a view checked once (`Slab::locked`) | `parking_lot`: `parking_lot::Mutex<[u64; 8]>`; `pthread-robust`: a `PTHREAD_PROCESS_SHARED` + `PTHREAD_MUTEX_ROBUST` mutex in a `MAP_SHARED` mapping, the `[u64; 8]` beside it |
 //! | `coop-lock-2p` | the same, contended | `shmslab-transact`: two processes; `shmslab-transact-2threads` (supplementary) | `parking_lot-2threads`; `pthread-robust`: two processes |
 //! | `coop-wake-2cpu`, `coop-wake-1cpu` | notify → wake latency, ping-pong between two processes pinned to two CPUs, or both to one | `shmslab-notifier`: two notifiers and a ball (an atomic view) | `futex`: raw `FUTEX_WAIT`/`FUTEX_WAKE` on a `MAP_SHARED` word; `pipe`: a byte through two FIFOs |
 //!
@@ -357,11 +357,14 @@ impl Op for RawAdd<'_> {
     }
 }
 
-struct TransactLock<'a>(&'a Slab, Locked<Value>);
+/// `transact` through a view checked once (`Slab::locked`), as the
+/// fetch_add row uses a view made once: the per-operation cost is the lock
+/// and the crash-atomic commit, not the handle check.
+struct TransactLock<'a>(shmslab::locked::LockedRef<'a, Value>);
 impl Op for TransactLock<'_> {
     #[inline(always)]
     fn op(&self) {
-        if let Err(e) = self.0.transact(self.1, bump) {
+        if let Err(e) = self.0.transact(bump) {
             fail("transact", e)
         }
     }
@@ -818,12 +821,11 @@ impl Side {
     }
 
     fn transact(&self, n: u64, win: Option<Window>) -> u64 {
-        drive(
-            &TransactLock(&self.slab, self.locked),
-            coop_lock_loop,
-            n,
-            win,
-        )
+        let view = self
+            .slab
+            .locked(self.locked)
+            .unwrap_or_else(|e| fail("locked", e));
+        drive(&TransactLock(view), coop_lock_loop, n, win)
     }
 
     fn pthread(&self, n: u64, win: Option<Window>) -> u64 {
@@ -1198,7 +1200,12 @@ impl Fixture {
                 peer.run(self, n, 0, window_ns, |w| self.side.pthread(n, w))
             }
             Lock2::TransactThreads => {
-                let op = TransactLock(&self.side.slab, self.side.locked);
+                let op = TransactLock(
+                    self.side
+                        .slab
+                        .locked(self.side.locked)
+                        .unwrap_or_else(|e| fail("locked", e)),
+                );
                 two_threads(window_ns, |w| drive(&op, coop_lock_loop, n, w))
             }
             Lock2::ParkingLotThreads => {
@@ -1643,7 +1650,11 @@ pub fn table_part(counts: CoopCounts, reps: usize, mode: &str, sel: &dyn Fn(&str
             for slice in 0..WAKE_SLICES {
                 let n = wakes.len();
                 for i in 0..n {
-                    let i = if (rep + slice as usize) % 2 == 1 { n - 1 - i } else { i };
+                    let i = if (rep + slice as usize) % 2 == 1 {
+                        n - 1 - i
+                    } else {
+                        i
+                    };
                     let (k, name, peer, lat, ns, trips) = &mut wakes[i];
                     let (warm, t) = (c.warm / WAKE_SLICES, c.trips / WAKE_SLICES);
                     let (t0, t1) = fx.wake(*k, peer, warm, t, Some(lat)).spans.0[0];

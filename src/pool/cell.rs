@@ -44,7 +44,7 @@ use crate::error::Result;
 use crate::fault::crash_point;
 use crate::format::Geometry;
 use crate::region::Memory;
-use crate::sync::{AtomicU64, Ordering, fence, load_via_words, park, store_via_words, unpark};
+use crate::sync::{AtomicU64, Ordering, fence, load_from_words, park, store_to_words, unpark};
 use std::time::Instant;
 
 const LOCK: usize = 0;
@@ -60,12 +60,16 @@ pub(crate) const fn words_for(size: usize) -> usize {
     HEADER + 2 * size.div_ceil(8)
 }
 
-/// A locked cell over the words of its (checked, live) slot.
+/// A locked cell over the words of its (checked, live) slot: the words it
+/// uses, found once when it is made.
 #[derive(Clone, Copy)]
 pub(crate) struct RawCell<'a> {
-    words: &'a [AtomicU64],
-    /// Words per buffer.
-    w: usize,
+    lock: CellLockWords<'a>,
+    state: &'a AtomicU64,
+    watchers: &'a AtomicU64,
+    header: &'a [AtomicU64],
+    /// The two buffers, `w` words each.
+    buffers: [&'a [AtomicU64]; 2],
 }
 
 /// The cell's lock, held: the committed sequence it was taken at.
@@ -84,37 +88,43 @@ impl Held {
 impl<'a> RawCell<'a> {
     /// The cell over `words`, for a value of `size` bytes (the slice has at
     /// least [`words_for`]`(size)` words).
+    #[inline]
     pub(crate) fn new(words: &'a [AtomicU64], size: usize) -> Self {
         let w = size.div_ceil(8);
         debug_assert!(words.len() >= HEADER + 2 * w);
-        RawCell { words, w }
-    }
-
-    fn lock_words(&self) -> CellLockWords<'a> {
-        CellLockWords {
-            word: &self.words[LOCK],
-            progress: &self.words[PROGRESS],
-            next: &self.words[NEXT],
-            parked: &self.words[PARKED],
+        let (header, rest) = words.split_at(HEADER);
+        let (b0, rest) = rest.split_at(w);
+        RawCell {
+            lock: CellLockWords {
+                word: &header[LOCK],
+                progress: &header[PROGRESS],
+                next: &header[NEXT],
+                parked: &header[PARKED],
+            },
+            state: &header[STATE],
+            watchers: &header[WATCHERS],
+            header,
+            buffers: [b0, &rest[..w]],
         }
     }
 
+    #[inline]
     fn buffer(&self, seq: u64) -> &'a [AtomicU64] {
-        let start = HEADER + (seq & 1) as usize * self.w;
-        &self.words[start..start + self.w]
+        self.buffers[(seq & 1) as usize]
     }
 
     /// Initialises a new cell (a slot just allocated, not yet shared) with
     /// `value` committed at sequence 0.
     pub(crate) fn init(&self, value: &[u8]) {
-        for w in &self.words[..HEADER] {
+        for w in self.header {
             w.store(0, Ordering::Relaxed);
         }
-        store_via_words(0, value, |j| &self.buffer(0)[j]);
+        store_to_words(self.buffer(0), value);
     }
 
     /// Takes the lock (see `lock::acquire_cell`) and copies the committed
     /// value into `value`. `Ok(None)`: `deadline` passed first.
+    #[inline]
     pub(crate) fn lock<M: Memory>(
         &self,
         mem: &M,
@@ -124,19 +134,18 @@ impl<'a> RawCell<'a> {
         deadline: Option<Instant>,
         value: &mut [u8],
     ) -> Result<Option<Held>> {
-        let Some(hold) =
-            lock::acquire_cell(mem, geo, liveness, self.lock_words(), owner, deadline)?
-        else {
+        let Some(hold) = lock::acquire_cell(mem, geo, liveness, self.lock, owner, deadline)? else {
             return Ok(None);
         };
         // Acquire: the buffer a commit made current is seen whole (pairs
         // with the committer's Release on STATE).
-        let seq = self.words[STATE].load(Ordering::Acquire);
-        load_via_words(0, value, |j| &self.buffer(seq)[j]);
+        let seq = self.state.load(Ordering::Acquire);
+        load_from_words(self.buffer(seq), value);
         Ok(Some(Held { hold, seq }))
     }
 
     /// Commits `value` as the cell's new value (under the lock `held`).
+    #[inline]
     pub(crate) fn commit(&self, held: &mut Held, value: &[u8]) {
         let next = held.seq.wrapping_add(1);
         let target = self.buffer(next);
@@ -150,17 +159,19 @@ impl<'a> RawCell<'a> {
         fence(Ordering::Release);
         crash_point("cell.before_write");
         let half = (value.len() / 16) * 8;
-        store_via_words(0, &value[..half], |j| &target[j]);
+        store_to_words(target, &value[..half]);
         crash_point("cell.mid_write");
-        store_via_words(0, &value[half..], |j| &target[half / 8 + j]);
+        store_to_words(&target[half / 8..], &value[half..]);
         crash_point("cell.written");
         // The buffer before the sequence that names it (seqlock writer).
-        fence(Ordering::Release);
-        self.words[STATE].store(next, Ordering::SeqCst);
+        self.state.store(next, Ordering::Release);
         held.seq = next;
         crash_point("cell.committed");
-        if self.words[WATCHERS].load(Ordering::SeqCst) != 0 {
-            unpark(&self.words[STATE], u32::MAX);
+        // Relaxed: a watcher counts itself while it holds the lock, so its
+        // count happens before our lock, and so before this load; one that
+        // parks after our store finds the futex value changed.
+        if self.watchers.load(Ordering::Relaxed) != 0 {
+            unpark(self.state, u32::MAX);
         }
     }
 
@@ -179,16 +190,17 @@ impl<'a> RawCell<'a> {
         let next = held.seq.wrapping_add(1);
         let target = self.buffer(next);
         let n = (8 * words).min(value.len());
-        store_via_words(0, &value[..n], |j| &target[j]);
+        store_to_words(target, &value[..n]);
         if published {
             fence(Ordering::Release);
-            self.words[STATE].store(next, Ordering::SeqCst);
+            self.state.store(next, Ordering::SeqCst);
         }
     }
 
     /// Releases the lock.
-    pub(crate) fn unlock(&self, held: Held) {
-        lock::release_cell(self.lock_words(), &held.hold);
+    #[inline]
+    pub(crate) fn unlock(&self, held: &Held) {
+        lock::release_cell(self.lock, &held.hold);
     }
 
     /// Copies the committed value into `value` without the lock; retries
@@ -196,10 +208,10 @@ impl<'a> RawCell<'a> {
     /// many tries: a peer is committing without pause, or writing `STATE`.
     pub(crate) fn snapshot(&self, value: &mut [u8]) -> bool {
         for _ in 0..1024 {
-            let seq = self.words[STATE].load(Ordering::Acquire);
-            load_via_words(0, value, |j| &self.buffer(seq)[j]);
+            let seq = self.state.load(Ordering::Acquire);
+            load_from_words(self.buffer(seq), value);
             fence(Ordering::Acquire);
-            if self.words[STATE].load(Ordering::Relaxed) == seq {
+            if self.state.load(Ordering::Relaxed) == seq {
                 return true;
             }
             crate::sync::spin_hint();
@@ -224,11 +236,11 @@ impl<'a> RawCell<'a> {
     ) -> Result<Option<Held>> {
         let seen = held.seq;
         debug_assert!(held.hold.token == owner.token);
-        let state = &self.words[STATE];
+        let state = &self.state;
         // Counted before the lock is let go: a commit after the release
         // sees the watcher and wakes it (the notifier's argument).
-        self.words[WATCHERS].fetch_add(1, Ordering::SeqCst);
-        self.unlock(held);
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        self.unlock(&held);
         loop {
             if state.load(Ordering::SeqCst) != seen {
                 break;
@@ -242,7 +254,7 @@ impl<'a> RawCell<'a> {
             };
             park(state, seen as u32, Some(nap));
         }
-        self.words[WATCHERS].fetch_sub(1, Ordering::SeqCst);
+        self.watchers.fetch_sub(1, Ordering::SeqCst);
         self.lock(mem, geo, liveness, owner, None, value)
     }
 }

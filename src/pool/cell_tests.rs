@@ -63,7 +63,7 @@ fn commits_are_seen_whole_by_the_next_holder_and_by_lock_free_readers() {
                     assert!(v.iter().all(|&x| x == v[0]), "torn under the lock: {v:?}");
                     v = quad(v[0] + 1);
                     c.commit(&mut held, bytes(&v));
-                    c.unlock(held);
+                    c.unlock(&held);
                 }
             });
         }
@@ -115,7 +115,7 @@ fn a_holder_killed_anywhere_in_a_commit_leaves_a_committed_value_and_the_next_ho
         );
         let mut held = held;
         c1.commit(&mut held, bytes(&quad(expect + 1)));
-        c1.unlock(held);
+        c1.unlock(&held);
         let mut v = quad(0);
         assert!(c1.snapshot(bytemuck::bytes_of_mut(&mut v)));
         assert_eq!(v, quad(expect + 1));
@@ -158,7 +158,7 @@ fn a_lock_held_by_a_live_peer_times_out_and_one_held_by_another_thread_of_ours_w
         )
         .unwrap();
     assert!(again.is_none());
-    c0.unlock(held);
+    c0.unlock(&held);
 }
 
 #[test]

@@ -335,7 +335,35 @@ const DEFER: Duration = Duration::from_millis(2);
 /// waiter that has waited [`STARVING`] long names itself in `next`, and the
 /// others leave a free lock to it for up to [`DEFER`] (then check that it
 /// lives), so no process starves behind a stream of others.
+#[inline]
 pub(crate) fn acquire_cell<M: Memory>(
+    mem: &M,
+    geo: &Geometry,
+    liveness: &Liveness,
+    lock: CellLockWords<'_>,
+    owner: Owner,
+    deadline: Option<std::time::Instant>,
+) -> Result<Option<CellHold>> {
+    // The uncontended case, inline: free, nobody named as starving, no
+    // clock read.
+    if lock.next.load(Ordering::Relaxed) == 0
+        && lock
+            .word
+            .compare_exchange(0, owner.token, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    {
+        show_progress(lock.progress);
+        return Ok(Some(CellHold {
+            token: owner.token,
+            recovered: false,
+        }));
+    }
+    acquire_cell_slow(mem, geo, liveness, lock, owner, deadline)
+}
+
+/// [`acquire_cell`] once the lock was not free at first sight.
+#[inline(never)]
+fn acquire_cell_slow<M: Memory>(
     mem: &M,
     geo: &Geometry,
     liveness: &Liveness,
@@ -393,7 +421,7 @@ pub(crate) fn acquire_cell<M: Memory>(
         let _ = next;
         // A wait that is over asks the kernel once more before it gives up
         // (so `try_lock` takes over a dead holder's lock).
-        let expired = deadline.is_some_and(|d| std::time::Instant::now() >= d);
+        let expired = matches!(deadline, Some(d) if std::time::Instant::now() >= d);
         let mut recovered = false;
         if cur != 0 {
             spins = spins.wrapping_add(1);
@@ -422,8 +450,10 @@ pub(crate) fn acquire_cell<M: Memory>(
         if expired {
             break None;
         }
+        // (The clock is read every 16 rounds: a read per spin was a fifth
+        // of a contended hand-over.)
         #[cfg(not(loom))]
-        if !named.set && started.elapsed() >= STARVING {
+        if !named.set && spins % 16 == 15 && started.elapsed() >= STARVING {
             named.set = lock
                 .next
                 .compare_exchange(0, owner.token, Ordering::AcqRel, Ordering::Relaxed)
@@ -462,7 +492,7 @@ fn park_cell(
     deadline: Option<std::time::Instant>,
 ) -> Result<()> {
     #[cfg(not(loom))]
-    if backoff.rounds >= 64 + 16 {
+    if backoff.rounds >= PARK_AFTER {
         // Parked waits still time the holder's silence, which decides when
         // to ask the kernel about it (a waiter that lost a take-over race
         // must not stop asking).
@@ -475,6 +505,8 @@ fn park_cell(
         if lock.word.load(Ordering::SeqCst) == cur {
             crate::sync::park(lock.word, cur as u32, Some(nap));
         }
+        // Up (woken, or the nap over): a release may wake another again.
+        lock.parked.fetch_and(!WAKING, Ordering::Relaxed);
         lock.parked.fetch_sub(1, Ordering::SeqCst);
         backoff.rounds = backoff.rounds.saturating_add(1);
         return Ok(());
@@ -493,17 +525,32 @@ fn park_cell(
 
 /// Releases a value lock taken by [`acquire_cell`], waking parked waiters:
 /// one, or all when a starving waiter is named (it must be among them).
+#[inline]
 pub(crate) fn release_cell(lock: CellLockWords<'_>, hold: &CellHold) {
     // SeqCst, with the waiter's SeqCst increment of `parked` and reload of
     // the word: a waiter that parks after this saw the word free.
     let _ = lock
         .word
         .compare_exchange(hold.token, 0, Ordering::SeqCst, Ordering::Relaxed);
-    if lock.parked.load(Ordering::SeqCst) != 0 {
-        let all = lock.next.load(Ordering::Relaxed) != 0;
+    let parked = lock.parked.load(Ordering::SeqCst);
+    if parked & !WAKING == 0 {
+        return;
+    }
+    let all = lock.next.load(Ordering::Relaxed) != 0;
+    // One wake in flight: while a woken waiter has not run yet, further
+    // releases (a holder re-taking the lock in a loop) make no syscall. A
+    // waiter that parks meanwhile waits at most its nap (a millisecond).
+    if all || lock.parked.fetch_or(WAKING, Ordering::AcqRel) & WAKING == 0 {
         crate::sync::unpark(lock.word, if all { u32::MAX } else { 1 });
     }
 }
+
+/// Rounds a value-lock waiter spins (and then yields) before it parks.
+const PARK_AFTER: u32 = 8;
+
+/// In a value lock's `parked` word: a wake-up sent and not yet taken up.
+/// The low bits count the parked waiters.
+const WAKING: u64 = 1 << 63;
 
 /// How a waiter waits: spins, then yields, then sleeps; gives up (as
 /// `Corrupt`) on a live holder that has shown no progress for its hold limit

@@ -379,7 +379,7 @@ fn loom_models_a_holder_killed_mid_commit_is_taken_over_and_no_torn_value_is_eve
         assert_eq!(v, [0, 0], "the committed value, whatever p0 wrote");
         cell_of(&p1, &h).commit(&mut held, bytemuck::bytes_of(&[5u64; 2]));
         let recovered = held.recovered();
-        cell_of(&p1, &h).unlock(held);
+        cell_of(&p1, &h).unlock(&held);
         t.join().unwrap();
         // p1 either came first (then p0 took the lock after it and died
         // holding it) or took the lock over from the dead p0.

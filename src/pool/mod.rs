@@ -508,6 +508,7 @@ impl<M: Memory> Pool<M> {
     /// Checked once, here: the words stay mapped for as long as the pool,
     /// but a caller keeping them across a free of the slot acts on its next
     /// life (never outside the slot).
+    #[inline]
     pub(crate) fn live_words(&self, h: &SlotRef, n: usize) -> Result<&[AtomicU64]> {
         let (_, _, addr) = self.check_ref(h)?;
         if (n as u64).saturating_mul(8) > addr.size {
