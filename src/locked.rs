@@ -168,8 +168,14 @@ impl<T: Pod> LockedGuard<'_, T> {
         self.recovered
     }
 
-    /// Commits the value now, keeping the lock.
+    /// Commits the value now, keeping the lock. (In a forked child, whose
+    /// copy of the guard holds the parent's lock, nothing: the lock and the
+    /// value are the parent's to change.)
     pub fn commit(&mut self) {
+        if self.slab.is_inherited() {
+            self.dirty = false;
+            return;
+        }
         if let Some(held) = self.held.as_mut() {
             self.cell.commit(held, bytemuck::bytes_of(&self.value));
         }
@@ -190,14 +196,16 @@ impl<T: Pod> LockedGuard<'_, T> {
         Ok(self.wait_while_timeout(condition, None)?.0)
     }
 
-    /// As [`wait_while`](Self::wait_while), for at most `timeout`; the
-    /// `bool` says whether it timed out with `condition` still true.
+    /// As [`wait_while`](Self::wait_while), waiting for commits at most
+    /// `timeout`; the `bool` says whether it timed out with `condition` still
+    /// true. (Taking the lock back after a wake-up waits for its holder
+    /// however long that takes, as [`Slab::lock`] does.)
     pub fn wait_while_timeout(
         mut self,
         mut condition: impl FnMut(&T) -> bool,
         timeout: Option<Duration>,
     ) -> Result<(Self, bool)> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             if !condition(&self.value) {
                 return Ok((self, false));
@@ -245,8 +253,12 @@ impl<T: Pod> Drop for LockedGuard<'_, T> {
         if self.dirty && !std::thread::panicking() {
             self.commit();
         }
+        // A forked child's copy must not release the parent's lock (the
+        // child has the parent's token, so the release would succeed).
         if let Some(held) = self.held.take() {
-            self.cell.unlock(&held);
+            if !self.slab.is_inherited() {
+                self.cell.unlock(&held);
+            }
         }
     }
 }
@@ -415,7 +427,8 @@ impl<'a, T: Pod> LockedRef<'a, T> {
 
     /// As [`Slab::lock_timeout`].
     pub fn lock_timeout(self, timeout: Duration) -> Result<Option<LockedGuard<'a, T>>> {
-        self.lock_until(Some(Instant::now() + timeout))
+        // A timeout past what an `Instant` can hold is no limit.
+        self.lock_until(Instant::now().checked_add(timeout))
     }
 
     /// As [`Slab::transact`]: the lock, `f` on a copy, the commit, the
@@ -451,6 +464,11 @@ impl<'a, T: Pod> LockedRef<'a, T> {
             held,
         };
         let r = f(&mut value);
+        if self.slab.is_inherited() {
+            // `f` forked, and this is the child: the lock is the parent's.
+            std::mem::forget(hold);
+            return Err(crate::error::Error::ForkedProcess);
+        }
         self.cell.commit(&mut hold.held, bytemuck::bytes_of(&value));
         drop(hold);
         Ok(r)

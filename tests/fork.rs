@@ -19,7 +19,7 @@ mod common;
 use common::child_args;
 use common::live::{LiveChild, hear, new_segment, say, segment_dir};
 use shmslab::region::{FileCleanup, MmapRegion};
-use shmslab::{FileLifetime, Slab};
+use shmslab::{Error, FileLifetime, Slab};
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -502,4 +502,48 @@ fn a_killed_parents_slots_are_reclaimable_while_its_forked_child_sleeps() {
     );
     let report = common::assert_every_slot_free(&slab, "after the reclaim");
     assert_eq!((report.live_peers, report.dead_peers), (1, 0));
+}
+
+/// A guard of a locked value held across a `fork`: the child's copy of the
+/// guard holds the *parent's* lock (same token), so the child dropping it
+/// must neither commit its changes nor release the lock; `transact` and
+/// `lock` in the child are `ForkedProcess`. The parent still holds the lock
+/// afterwards (another process cannot take it) and commits its own value.
+#[test]
+fn a_forked_child_neither_commits_nor_releases_a_lock_its_parent_holds() {
+    let (_dir, path, slab) = new_segment("locked-fork.shm");
+    let cell = slab.alloc_locked([1u64; 4]).unwrap();
+    let other = Slab::attach(&path).unwrap();
+    let mut guard = slab.lock(cell).unwrap();
+    *guard = [2; 4];
+    let (guard_ref, slab_ref) = (&guard, &slab);
+    let code = fork_and_wait(move || {
+        let slab = slab_ref;
+        // SAFETY: in the child, `guard` is the child's own copy of the
+        // parent's memory, never dropped there (the child `_exit`s): taking
+        // it by value is what the child's code returning out of the guard's
+        // scope would do.
+        let mut copy = unsafe { std::ptr::read(guard_ref) };
+        *copy = [9; 4]; // dirty: a drop would commit and release, if allowed
+        drop(copy);
+        let transact = slab.transact(cell, |v| v[0] = 7);
+        let lock = slab.try_lock(cell).map(|g| g.is_some());
+        match (transact, lock) {
+            (Err(Error::ForkedProcess), Err(Error::ForkedProcess)) => 0,
+            _ => 1,
+        }
+    });
+    assert_eq!(code, 0, "the child's lock calls were not ForkedProcess");
+    // The parent's guard (the same memory, not dropped here) still holds:
+    assert!(
+        other.try_lock(cell).unwrap().is_none(),
+        "the child's drop released the parent's lock"
+    );
+    assert_eq!(
+        other.read_locked(cell).unwrap(),
+        [1; 4],
+        "the child committed its copy"
+    );
+    drop(guard);
+    assert_eq!(other.read_locked(cell).unwrap(), [2; 4]);
 }

@@ -216,3 +216,48 @@ fn a_notify_after_the_ticket_is_never_lost_and_waits_time_out() {
     m.notify(true);
     assert!(n.wait(t, Some(Instant::now())));
 }
+
+/// Word 3 of a cell: the starving waiter the others leave a free lock to.
+const NEXT_WORD: usize = 3;
+
+#[test]
+fn a_free_lock_named_for_a_live_process_that_never_takes_it_is_taken_after_a_while() {
+    // The named waiter is alive but not running (stopped, in a debugger):
+    // before, the others deferred to it for ever.
+    let (procs, h) = cell_setup();
+    let [(p0, o0), (p1, o1)] = &procs[..] else {
+        unreachable!()
+    };
+    p0.live_words(&h, words_for(32)).unwrap()[NEXT_WORD].store(o1.token, Ordering::Relaxed);
+    let c0 = cell(p0, &h);
+    let mut v = quad(0);
+    // A try: a wait that is over takes a free lock whoever is named.
+    let got = c0
+        .lock(
+            &p0.mem,
+            &p0.geo,
+            &p0.liveness,
+            *o0,
+            Some(Instant::now()),
+            bytemuck::bytes_of_mut(&mut v),
+        )
+        .unwrap();
+    let held = got.expect("try_lock refused a free lock named for another process");
+    c0.unlock(&held);
+    // A blocking lock: within the deference limit, not for ever.
+    let started = Instant::now();
+    let held = c0
+        .lock(
+            &p0.mem,
+            &p0.geo,
+            &p0.liveness,
+            *o0,
+            Some(started + Duration::from_secs(5)),
+            bytemuck::bytes_of_mut(&mut v),
+        )
+        .unwrap()
+        .expect("a free lock deferred for ever to a live process that never takes it");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    c0.unlock(&held);
+    let _ = p1;
+}

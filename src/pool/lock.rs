@@ -372,6 +372,10 @@ fn acquire_cell_slow<M: Memory>(
     deadline: Option<std::time::Instant>,
 ) -> Result<Option<CellHold>> {
     let mut backoff = Backoff::new(Duration::MAX);
+    #[cfg(not(loom))]
+    {
+        backoff.growing = true;
+    }
     let mut spins: u32 = 0;
     #[cfg(not(loom))]
     let started = Instant::now();
@@ -388,8 +392,10 @@ fn acquire_cell_slow<M: Memory>(
     let result = loop {
         let cur = lock.word.load(Ordering::Acquire);
         let next = lock.next.load(Ordering::Acquire);
-        // Defer a free lock to a starving waiter of another process, for a
-        // while; then make sure it lives, and clear it if not.
+        // Defer a free lock to a starving waiter of another process, for at
+        // most DEFER per name: then clear the name, live or dead (a
+        // stopped process — SIGSTOP, a debugger — would otherwise hold a
+        // free lock for ever; a live one names itself again).
         #[cfg(not(loom))]
         let defer = next != 0 && next != owner.token && {
             let now = Instant::now();
@@ -397,7 +403,7 @@ fn acquire_cell_slow<M: Memory>(
                 Some((n, since)) if n == next => {
                     if now.duration_since(since) < DEFER {
                         true
-                    } else if liveness.token_dead(mem, geo, next, true)? {
+                    } else {
                         let _ = lock.next.compare_exchange(
                             next,
                             0,
@@ -405,9 +411,6 @@ fn acquire_cell_slow<M: Memory>(
                             Ordering::Relaxed,
                         );
                         false
-                    } else {
-                        deferring = Some((next, now));
-                        true
                     }
                 }
                 _ => {
@@ -416,6 +419,12 @@ fn acquire_cell_slow<M: Memory>(
                 }
             }
         };
+        // Our name was cleared by a waiter that would no longer defer to
+        // it: we may name ourselves again.
+        #[cfg(not(loom))]
+        if named.set && next != owner.token {
+            named.set = false;
+        }
         #[cfg(loom)]
         let defer = false;
         let _ = next;
@@ -432,7 +441,9 @@ fn acquire_cell_slow<M: Memory>(
             let dead = cur != owner.token && liveness.token_dead(mem, geo, cur, ask)?;
             recovered = dead;
         }
-        if (cur == 0 && !defer) || recovered {
+        // A wait that is over takes a free lock whoever is named (so a
+        // `try_lock` is never refused a free lock for good).
+        if (cur == 0 && (!defer || expired)) || recovered {
             if lock
                 .word
                 .compare_exchange(cur, owner.token, Ordering::AcqRel, Ordering::Relaxed)
@@ -496,8 +507,12 @@ fn park_cell(
         // Parked waits still time the holder's silence, which decides when
         // to ask the kernel about it (a waiter that lost a take-over race
         // must not stop asking).
-        backoff.observe(cur, lock.progress);
-        let mut nap = Duration::from_millis(1);
+        // A millisecond at first (it bounds how late a wake-up lost to a
+        // race is noticed), longer the longer the wait, up to 20 ms, so a
+        // crowd parked behind a long holder does not wake a thousand times
+        // a second each.
+        let (_, waited, _) = backoff.observe(cur, lock.progress);
+        let mut nap = (Duration::from_millis(1) + waited / 16).min(Duration::from_millis(20));
         if let Some(d) = deadline {
             nap = nap.min(d.saturating_duration_since(std::time::Instant::now()));
         }
@@ -513,7 +528,9 @@ fn park_cell(
     }
     let _ = deadline;
     if cur == 0 {
-        // Free, but left to a starving waiter: it takes it within a moment.
+        // Free, but left to a starving waiter: it takes it within a moment
+        // (counted, so a long hand-off parks rather than spins).
+        backoff.rounds = backoff.rounds.saturating_add(1);
         #[cfg(not(loom))]
         std::thread::yield_now();
         #[cfg(loom)]
@@ -546,6 +563,7 @@ pub(crate) fn release_cell(lock: CellLockWords<'_>, hold: &CellHold) {
 }
 
 /// Rounds a value-lock waiter spins (and then yields) before it parks.
+#[cfg(not(loom))]
 const PARK_AFTER: u32 = 8;
 
 /// In a value lock's `parked` word: a wake-up sent and not yet taken up.
@@ -566,7 +584,19 @@ struct Backoff {
     /// The (lock word, progress word) last seen, and when it was first seen.
     #[cfg(not(loom))]
     seen: Option<((u64, u64), Instant)>,
+    /// Time between kernel questions about one silent holder: 2 ms, or,
+    /// for a value lock (held as long as its user likes), doubling up to
+    /// [`MAX_ASK_GAP`], so many waiters behind one long holder do not flood
+    /// the kernel's lock list.
+    #[cfg(not(loom))]
+    ask_gap: Duration,
+    #[cfg(not(loom))]
+    growing: bool,
 }
+
+/// The longest gap between a value-lock waiter's kernel questions.
+#[cfg(not(loom))]
+const MAX_ASK_GAP: Duration = Duration::from_millis(100);
 
 impl Backoff {
     fn new(hold_limit: Duration) -> Self {
@@ -577,6 +607,10 @@ impl Backoff {
             started: None,
             #[cfg(not(loom))]
             asked: None,
+            #[cfg(not(loom))]
+            ask_gap: Duration::from_millis(2),
+            #[cfg(not(loom))]
+            growing: false,
             #[cfg(not(loom))]
             seen: None,
         }
@@ -611,11 +645,18 @@ impl Backoff {
                 return false;
             }
             let due = match self.asked {
-                Some(last) if last >= since => now.duration_since(last) >= Duration::from_millis(2),
-                _ => true,
+                Some(last) if last >= since => now.duration_since(last) >= self.ask_gap,
+                _ => {
+                    // A new holder (or a first question): start again.
+                    self.ask_gap = Duration::from_millis(2);
+                    true
+                }
             };
             if due {
                 self.asked = Some(now);
+                if self.growing {
+                    self.ask_gap = (self.ask_gap * 2).min(MAX_ASK_GAP);
+                }
             }
             due
         }

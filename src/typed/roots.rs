@@ -300,8 +300,12 @@ impl Slab {
 
     /// As [`root_or_insert`](Slab::root_or_insert), building the value only
     /// if the root is absent: `init` runs at most once among all racing
-    /// processes (under the roots lock, so keep it short, and do not use
-    /// this `Slab`'s roots from inside it).
+    /// processes.
+    ///
+    /// `init` runs under the segment's roots lock: keep it short (other
+    /// processes' root calls wait for it, and give up with `Corrupt` after
+    /// the lock's 20 s hold limit), do not wait in it for another process,
+    /// and do not use this `Slab`'s roots from inside it (a deadlock).
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
