@@ -204,6 +204,18 @@ pub enum Error {
         slot: u32,
     },
 
+    /// The channel is closed: no more sends, and (for a receive) nothing
+    /// left queued.
+    #[error("the channel is closed")]
+    ChannelClosed,
+
+    /// The channel is full (a `try_send`).
+    #[error("the channel is full ({capacity} messages, queued and in flight)")]
+    ChannelFull {
+        /// The channel's capacity.
+        capacity: usize,
+    },
+
     /// The slot was already freed through this handle.
     #[error("double free: this handle's slot was already freed")]
     DoubleFree,

@@ -72,6 +72,7 @@
 compile_error!("shmslab supports Linux only (it relies on OFD locks and fallocate)");
 
 pub mod atomics;
+pub mod channel;
 mod check;
 mod error;
 #[cfg(feature = "fault-injection")]
@@ -92,6 +93,7 @@ mod sync;
 mod sys;
 mod typed;
 
+pub use channel::{Channel, ChannelHandle, Delivery};
 pub use check::{ClassCheck, Finding, Report};
 pub use error::{Error, Fingerprint, Result};
 pub use format::{SlotParts, SlotRef};

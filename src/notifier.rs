@@ -112,6 +112,13 @@ impl std::fmt::Debug for Notifier<'_> {
     }
 }
 
+impl<'a> Notifier<'a> {
+    /// A notifier over a raw one (another object's bell word).
+    pub(crate) fn from_raw(raw: RawNotifier<'a>) -> Self {
+        Notifier { raw }
+    }
+}
+
 impl Notifier<'_> {
     /// The notifier's state now: take it before checking the condition you
     /// will wait for.

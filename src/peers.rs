@@ -55,6 +55,9 @@ pub struct ReclaimReport {
     /// Slots retired instead of freed: their last generation was used, so
     /// they are out of use for good (docs/DESIGN.md, *Generations*).
     pub retired: u64,
+    /// Messages that dead receivers held, put back in their channels (the
+    /// channels that are named roots).
+    pub redelivered: u64,
 }
 
 /// Claims a row for a new peer and returns it with the peer's identity: an

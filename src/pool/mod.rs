@@ -36,6 +36,7 @@
 //! move an extent this process already checked.
 
 pub(crate) mod cell;
+pub(crate) mod channel;
 mod grow;
 pub(crate) mod lock;
 pub(crate) mod notify;
@@ -518,6 +519,14 @@ impl<M: Memory> Pool<M> {
         // SAFETY: the slot's data lies inside a checked extent (see `meta`),
         // starts 16-aligned, and `8n` bytes of it fit the slot (just above).
         Ok(unsafe { self.mem.words(addr.data, n) })
+    }
+
+    /// The owner of the live slot `h` names (0: the segment), or `None` if
+    /// `h` no longer names a live allocation (freed, reused, retired).
+    pub(crate) fn slot_owner(&self, h: &SlotRef) -> Result<Option<u32>> {
+        let (_, _, addr) = self.check_ref(h)?;
+        let m = Meta(self.meta(addr).load(Ordering::Acquire));
+        Ok(m.is_live(h.generation).then(|| m.payload()))
     }
 
     /// The size of the live slot `h` names.

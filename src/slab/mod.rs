@@ -564,7 +564,9 @@ impl Slab {
     /// kernel, and a late `free` of a slot being reclaimed races through the
     /// same compare-and-swap, so nothing is freed twice.
     pub fn reclaim_dead(&self) -> Result<ReclaimReport> {
-        peers::reclaim_dead(self.pool()?, (self.row, self.me))
+        let mut report = peers::reclaim_dead(self.pool()?, (self.row, self.me))?;
+        report.redelivered = self.redeliver_in_root_channels()? as u64;
+        Ok(report)
     }
 }
 

@@ -362,7 +362,7 @@ impl Slab {
 
     /// A slot of at least `bytes` bytes aligned to `align`, its first
     /// `bytes` bytes zeroed.
-    fn alloc_zeroed_bytes(&self, bytes: u64, align: u64) -> Result<SlotRef> {
+    pub(crate) fn alloc_zeroed_bytes(&self, bytes: u64, align: u64) -> Result<SlotRef> {
         let (pool, raw, addr) = self.alloc_slot(bytes, align)?;
         let zeros = [0u8; 4096];
         let mut at = 0u64;

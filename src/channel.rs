@@ -1,0 +1,588 @@
+//! A crash-safe channel between processes: bounded, many senders and many
+//! receivers, acknowledged delivery, and redelivery of what a dead receiver
+//! held.
+//!
+//! A [`ChannelHandle<T>`] names a channel of `T`s in the segment (found by
+//! name with [`Slab::root_or_insert_channel`], or passed as a handle);
+//! [`Slab::channel`] gives a [`Channel`] to use it. A message is a `T`, and
+//! may carry a slot: [`Channel::send_slot`] sends a handle *and* hands its
+//! slot to the channel, and receiving hands it to the receiver, so no slot
+//! is leaked or freed twice whoever dies when.
+//!
+//! ```
+//! use shmslab::Handle;
+//! # let dir = tempfile::tempdir()?;
+//! # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+//! let jobs = slab.root_or_insert_channel::<Handle<[u64; 4]>>("jobs", 64)?;
+//! let ch = slab.channel(jobs)?;
+//!
+//! // A producer (any process): the job's slot goes with the message.
+//! let job = slab.alloc([1u64, 2, 3, 4])?;
+//! ch.send_slot(job)?;
+//!
+//! // A consumer (any process): process, then acknowledge.
+//! let d = ch.recv()?;
+//! assert_eq!(slab.read(d.value())?, [1, 2, 3, 4]);
+//! assert_eq!(d.redeliveries(), 0);
+//! d.ack()?;                       // frees the job's slot
+//! assert!(slab.read(job).is_err());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Delivery
+//!
+//! [`Channel::recv`] returns a [`Delivery`]: the message is *in flight* for
+//! this process until [`Delivery::ack`] (which frees the message's slot) or
+//! [`Delivery::ack_keep`] (which keeps it, now owned by the receiver). If
+//! the receiver dies first, the message goes back to the queue, at its
+//! place, for another receiver — at-least-once delivery, with the count in
+//! [`Delivery::redeliveries`]: a channel operation that finds nothing to
+//! take, [`Channel::redeliver_dead`], or [`Slab::reclaim_dead`] (for
+//! channels that are roots) asks the kernel whether the receivers of
+//! in-flight messages live. Dropping a `Delivery` without acknowledging it
+//! puts it back the same way (its count + 1): a receiver that panics
+//! mid-job loses nothing. [`Channel::recv_ack`] acknowledges at once
+//! (at-most-once).
+//!
+//! The capacity counts every message from its send to its acknowledgement
+//! (queued and in flight), and a message acknowledged behind an older one
+//! still in flight frees its room when the older one does (the ring keeps
+//! send order).
+//!
+//! # Crashes
+//!
+//! Every step is one word under the channel's lock (the locked values'
+//! lock, with its dead-holder take-over; the protocol is the pool's
+//! `channel` module): a sender killed inside `send` leaves the message
+//! queued exactly once or not at all (then its slot, still the sender's, is
+//! reclaimed); a receiver killed inside `recv` or `ack` leaves the message
+//! in flight (redelivered) or acknowledged. The next holder of the lock
+//! resolves what a dead one left.
+//!
+//! A `Channel` is a checked view, like the atomics' (see
+//! [`crate::atomics`]): kept across a free of the channel's slot it acts on
+//! the slot's next life (its header is checked again, so that is a
+//! `Corrupt` error, not undefined behaviour).
+
+use crate::error::{Error, Result};
+use crate::format::SlotRef;
+use crate::notifier::Notifier;
+use crate::pool::channel::{self, RawChannel, Taken};
+use crate::pool::notify::RawNotifier;
+use crate::slab::Slab;
+use crate::typed::{RootType, fnv1a};
+use bytemuck::{Pod, Zeroable};
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+/// A handle to a channel of `T`s: 16 bytes, `Copy` and `Pod`, like every
+/// handle (null value, `to_bytes`/`from_bytes`, checked on use).
+#[repr(transparent)]
+pub struct ChannelHandle<T> {
+    raw: SlotRef,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> ChannelHandle<T> {
+    /// The null handle: using it is [`Error::NullHandle`].
+    pub const NULL: ChannelHandle<T> = ChannelHandle {
+        raw: SlotRef::NULL,
+        _type: PhantomData,
+    };
+
+    /// Whether this is [`ChannelHandle::NULL`].
+    pub fn is_null(self) -> bool {
+        self.raw.is_null()
+    }
+
+    /// A handle over a raw one (checked when used).
+    pub fn from_raw(raw: SlotRef) -> Self {
+        ChannelHandle {
+            raw,
+            _type: PhantomData,
+        }
+    }
+
+    /// The untyped handle of the channel's slot.
+    pub fn raw(self) -> SlotRef {
+        self.raw
+    }
+
+    /// The handle as 16 bytes.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.raw.to_bytes()
+    }
+
+    /// A handle from 16 bytes (checked when used).
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self::from_raw(SlotRef::from_bytes(bytes))
+    }
+}
+
+impl<T> Default for ChannelHandle<T> {
+    /// [`ChannelHandle::NULL`].
+    fn default() -> Self {
+        Self::NULL
+    }
+}
+impl<T> Clone for ChannelHandle<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for ChannelHandle<T> {}
+impl<T> PartialEq for ChannelHandle<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+impl<T> Eq for ChannelHandle<T> {}
+impl<T> std::fmt::Debug for ChannelHandle<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ChannelHandle<{}>({:?})",
+            std::any::type_name::<T>(),
+            self.raw
+        )
+    }
+}
+impl<T> From<ChannelHandle<T>> for SlotRef {
+    fn from(h: ChannelHandle<T>) -> SlotRef {
+        h.raw
+    }
+}
+// SAFETY: `repr(transparent)` over `SlotRef` (Pod) plus a zero-sized marker.
+unsafe impl<T: 'static> Zeroable for ChannelHandle<T> {}
+// SAFETY: as above: no padding, no pointers, any bytes are a valid value.
+unsafe impl<T: 'static> Pod for ChannelHandle<T> {}
+
+/// Marks a channel root's schema ("CHANNEL" in ASCII).
+const CHANNEL_TAG: u64 = 0x4348_414e_4e45_4c00;
+
+pub(crate) fn channel_root<T>() -> RootType {
+    RootType {
+        fingerprint: crate::error::Fingerprint {
+            size: size_of::<T>() as u64,
+            align: align_of::<T>() as u64,
+            schema: fnv1a(std::any::type_name::<T>().as_bytes()) ^ CHANNEL_TAG,
+        },
+        name: std::any::type_name::<ChannelHandle<T>>(),
+    }
+}
+
+/// A channel in the mapping, checked: what [`Slab::channel`] gives.
+pub struct Channel<'a, T> {
+    slab: &'a Slab,
+    raw: RawChannel<'a>,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for Channel<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Channel<'_, T> {}
+
+impl<T> std::fmt::Debug for Channel<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channel")
+            .field("type", &std::any::type_name::<T>())
+            .field("capacity", &self.raw.capacity())
+            .finish()
+    }
+}
+
+/// How a channel's queue stands, counted (a glance without its lock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Messages the channel holds at most (queued and in flight).
+    pub capacity: u64,
+    /// Messages waiting for a receiver.
+    pub queued: u64,
+    /// Messages received and not yet acknowledged.
+    pub in_flight: u64,
+    /// Sends completed (since creation).
+    pub sent: u64,
+    /// Acknowledgements (since creation).
+    pub acked: u64,
+    /// Messages put back after their receiver died or dropped them.
+    pub redelivered: u64,
+    /// Whether the channel was closed.
+    pub closed: bool,
+}
+
+/// A received message, in flight until acknowledged; see [the module
+/// doc](crate::channel). Dropping it without an ack puts it back.
+pub struct Delivery<'a, T: Pod> {
+    channel: Channel<'a, T>,
+    value: T,
+    taken: Option<Taken>,
+}
+
+impl<T: Pod + std::fmt::Debug> std::fmt::Debug for Delivery<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("value", &self.value)
+            .field("redeliveries", &self.redeliveries())
+            .finish()
+    }
+}
+
+impl<T: Pod> Delivery<'_, T> {
+    /// The message.
+    pub fn value(&self) -> T {
+        self.value
+    }
+
+    /// The slot the message carries (null for a plain value).
+    pub fn slot(&self) -> SlotRef {
+        self.taken.map_or(SlotRef::NULL, |t| t.slot)
+    }
+
+    /// How many times this message was put back before (its receivers died,
+    /// or dropped it without an ack).
+    pub fn redeliveries(&self) -> u32 {
+        self.taken.map_or(0, |t| t.redeliveries)
+    }
+
+    /// Acknowledges the message: done for good, and its slot freed.
+    pub fn ack(mut self) -> Result<()> {
+        let slot = self.finish()?;
+        if !slot.is_null() {
+            self.channel.slab.free(slot)?;
+        }
+        Ok(())
+    }
+
+    /// Acknowledges the message and keeps its slot, owned by this process
+    /// from now on (free it, persist it, or send it on).
+    pub fn ack_keep(mut self) -> Result<SlotRef> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<SlotRef> {
+        let Some(t) = self.taken.take() else {
+            return Ok(SlotRef::NULL);
+        };
+        let (slab, raw) = (self.channel.slab, self.channel.raw);
+        let pool = slab.pool()?;
+        let held = raw.lock(pool, slab.me, None)?.ok_or_else(no_lock)?;
+        let r = raw.ack(pool, &held, slab.me, &t);
+        raw.unlock(held);
+        let slot = r?;
+        self.channel.bell(channel::SEND_BELL).notify_one();
+        Ok(slot)
+    }
+}
+
+impl<T: Pod> Drop for Delivery<'_, T> {
+    fn drop(&mut self) {
+        let Some(t) = self.taken.take() else {
+            return;
+        };
+        // Put back (a forked child's copy leaves it to the parent).
+        let (slab, raw) = (self.channel.slab, self.channel.raw);
+        let Ok(pool) = slab.pool() else {
+            return;
+        };
+        if let Ok(Some(held)) = raw.lock(pool, slab.me, None) {
+            let _ = raw.nack(&held, &t);
+            raw.unlock(held);
+            self.channel.bell(channel::RECV_BELL).notify_one();
+        }
+    }
+}
+
+fn no_lock() -> Error {
+    Error::corrupt("a wait without a deadline did not take the channel's lock")
+}
+
+/// How often a waiting receiver looks for messages of dead receivers.
+const REDELIVERY_LOOK: Duration = Duration::from_millis(50);
+
+impl<'a, T: Pod> Channel<'a, T> {
+    fn bell(&self, which: usize) -> Notifier<'a> {
+        Notifier::from_raw(RawNotifier::new(std::slice::from_ref(self.raw.word(which))))
+    }
+
+    /// Runs `f` under the channel's lock.
+    fn locked<R>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&RawChannel<'a>, &channel::ChannelHold) -> Result<R>,
+    ) -> Result<Option<R>> {
+        let pool = self.slab.pool()?;
+        let Some(held) = self.raw.lock(pool, self.slab.me, deadline)? else {
+            return Ok(None);
+        };
+        let r = f(&self.raw, &held);
+        self.raw.unlock(held);
+        r.map(Some)
+    }
+
+    fn send_until(&self, value: T, slot: SlotRef, deadline: Option<Instant>) -> Result<bool> {
+        let pool = self.slab.pool()?;
+        let room = self.bell(channel::SEND_BELL);
+        loop {
+            let ticket = room.ticket();
+            let sent = self
+                .locked(deadline, |raw, held| {
+                    raw.send(pool, held, bytemuck::bytes_of(&value), slot)
+                })?
+                .unwrap_or(false);
+            if sent {
+                self.bell(channel::RECV_BELL).notify_one();
+                return Ok(true);
+            }
+            let left = match deadline {
+                None => None,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Ok(false),
+                },
+            };
+            room.wait_since(ticket, left);
+        }
+    }
+
+    /// Sends `value`, waiting while the channel is full. `ChannelClosed` if
+    /// it was closed.
+    pub fn send(&self, value: T) -> Result<()> {
+        self.send_until(value, SlotRef::NULL, None).map(drop)
+    }
+
+    /// Sends `value` if there is room now (`ChannelFull` if not).
+    pub fn try_send(&self, value: T) -> Result<()> {
+        if self.send_until(value, SlotRef::NULL, Some(Instant::now()))? {
+            Ok(())
+        } else {
+            Err(Error::ChannelFull {
+                capacity: self.raw.capacity(),
+            })
+        }
+    }
+
+    /// Sends `value`, waiting at most `timeout` for room; `false` if there
+    /// was none.
+    pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<bool> {
+        self.send_until(value, SlotRef::NULL, Instant::now().checked_add(timeout))
+    }
+
+    /// Sends a handle and hands the slot it names to the channel (waiting
+    /// while full): the receiver gets the slot, and no death on either side
+    /// leaks it or frees it twice. The slot must be live.
+    pub fn send_slot(&self, value: T) -> Result<()>
+    where
+        T: Into<SlotRef>,
+    {
+        self.send_until(value, value.into(), None).map(drop)
+    }
+
+    /// As [`send_slot`](Self::send_slot), with the slot given apart from the
+    /// value (a struct that names the slot among other fields).
+    pub fn send_with_slot(&self, value: T, slot: impl Into<SlotRef>) -> Result<()> {
+        self.send_until(value, slot.into(), None).map(drop)
+    }
+
+    fn recv_until(&self, deadline: Option<Instant>) -> Result<Option<Delivery<'a, T>>> {
+        let pool = self.slab.pool()?;
+        let ready = self.bell(channel::RECV_BELL);
+        loop {
+            let ticket = ready.ticket();
+            let mut value = T::zeroed();
+            let got = self.locked(deadline, |raw, held| {
+                if let Some(t) = raw.take(held, bytemuck::bytes_of_mut(&mut value))? {
+                    return Ok(Some(t));
+                }
+                // Nothing queued: bring back what dead receivers held.
+                if raw.redeliver_dead(pool, self.slab.me)? > 0 {
+                    return raw.take(held, bytemuck::bytes_of_mut(&mut value));
+                }
+                if raw.is_closed() {
+                    return Err(Error::ChannelClosed);
+                }
+                Ok(None)
+            })?;
+            if let Some(Some(t)) = got {
+                return Ok(Some(Delivery {
+                    channel: *self,
+                    value,
+                    taken: Some(t),
+                }));
+            }
+            let left = match deadline {
+                None => REDELIVERY_LOOK,
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left.min(REDELIVERY_LOOK),
+                    _ => return Ok(None),
+                },
+            };
+            ready.wait_since(ticket, Some(left));
+        }
+    }
+
+    /// Receives the next message, waiting for one. `ChannelClosed` once the
+    /// channel is closed and nothing is queued.
+    pub fn recv(&self) -> Result<Delivery<'a, T>> {
+        self.recv_until(None)?.ok_or_else(no_lock)
+    }
+
+    /// Receives a message if one is queued now.
+    pub fn try_recv(&self) -> Result<Option<Delivery<'a, T>>> {
+        self.recv_until(Some(Instant::now()))
+    }
+
+    /// Receives a message, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery<'a, T>>> {
+        self.recv_until(Instant::now().checked_add(timeout))
+    }
+
+    /// Receives and acknowledges at once (at-most-once): the value, and the
+    /// slot it carries, now owned by this process (null for none).
+    pub fn recv_ack(&self) -> Result<(T, SlotRef)> {
+        let d = self.recv()?;
+        let value = d.value();
+        Ok((value, d.ack_keep()?))
+    }
+
+    /// Closes the channel: sends fail with `ChannelClosed`; receivers drain
+    /// what is queued, then get `ChannelClosed`. Wakes every waiter.
+    pub fn close(&self) -> Result<()> {
+        self.locked(None, |raw, held| {
+            raw.close(held);
+            Ok(())
+        })?;
+        self.bell(channel::RECV_BELL).notify_all();
+        self.bell(channel::SEND_BELL).notify_all();
+        Ok(())
+    }
+
+    /// Whether the channel was closed.
+    pub fn is_closed(&self) -> bool {
+        self.raw.is_closed()
+    }
+
+    /// Puts back every in-flight message whose receiver has died. Returns
+    /// how many.
+    pub fn redeliver_dead(&self) -> Result<usize> {
+        let pool = self.slab.pool()?;
+        let n = self
+            .locked(None, |raw, _| raw.redeliver_dead(pool, self.slab.me))?
+            .unwrap_or(0);
+        if n > 0 {
+            self.bell(channel::RECV_BELL).notify_all();
+        }
+        Ok(n)
+    }
+
+    /// How the queue stands now (a glance, without the lock).
+    pub fn stats(&self) -> Result<ChannelStats> {
+        let c = self.raw.counts()?;
+        Ok(ChannelStats {
+            capacity: c.capacity,
+            queued: c.queued,
+            in_flight: c.in_flight,
+            sent: c.sent,
+            acked: c.acked,
+            redelivered: c.redelivered,
+            closed: c.closed,
+        })
+    }
+}
+
+impl Slab {
+    /// Puts back what dead receivers held in every channel that is a named
+    /// root (a root whose slot holds a channel header of its fingerprint's
+    /// value size). Returns how many messages.
+    pub(crate) fn redeliver_in_root_channels(&self) -> Result<usize> {
+        let pool = self.pool()?;
+        let mut n = 0;
+        for root in self.roots()? {
+            let Ok(size) = pool.live_size(&root.handle) else {
+                continue;
+            };
+            let Ok(words) = pool.live_words(&root.handle, size as usize / 8) else {
+                continue;
+            };
+            let Ok(raw) = RawChannel::open(words, root.fingerprint.size as usize) else {
+                continue;
+            };
+            if let Some(held) = raw.lock(pool, self.me, None)? {
+                let r = raw.redeliver_dead(pool, self.me);
+                raw.unlock(held);
+                let k = r?;
+                if k > 0 {
+                    Notifier::from_raw(RawNotifier::new(std::slice::from_ref(
+                        raw.word(channel::RECV_BELL),
+                    )))
+                    .notify_all();
+                }
+                n += k;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Allocates a channel of `T`s holding at most `capacity` messages
+    /// (queued and in flight). A zero capacity is `InvalidConfig`; one whose
+    /// slot would pass the largest class, `TooLarge`.
+    pub fn alloc_channel<T: Pod>(&self, capacity: usize) -> Result<ChannelHandle<T>> {
+        Ok(ChannelHandle::from_raw(
+            self.alloc_channel_raw::<T>(capacity)?,
+        ))
+    }
+
+    fn alloc_channel_raw<T: Pod>(&self, capacity: usize) -> Result<SlotRef> {
+        if capacity == 0 || capacity > u32::MAX as usize {
+            return Err(Error::InvalidConfig {
+                reason: format!(
+                    "a channel's capacity must be 1 to {}, not {capacity}",
+                    u32::MAX
+                ),
+            });
+        }
+        let words = channel::words_for(capacity, size_of::<T>()).ok_or(Error::TooLarge {
+            size: u64::MAX,
+            largest: crate::format::MAX_SLOT_SIZE,
+        })?;
+        let raw = self.alloc_zeroed_bytes(8 * words as u64, 8)?;
+        let slot = self.pool()?.live_words(&raw, words)?;
+        RawChannel::init(slot, capacity);
+        Ok(raw)
+    }
+
+    /// The channel under `name`, or a new one of `capacity`: racing
+    /// processes get one.
+    pub fn root_or_insert_channel<T: Pod>(
+        &self,
+        name: &str,
+        capacity: usize,
+    ) -> Result<ChannelHandle<T>> {
+        let raw = self.root_or_insert_object(name, channel_root::<T>(), || {
+            self.alloc_channel_raw::<T>(capacity)
+        })?;
+        Ok(ChannelHandle::from_raw(raw))
+    }
+
+    /// The channel under `name`, if there is one.
+    pub fn root_channel<T: Pod>(&self, name: &str) -> Result<Option<ChannelHandle<T>>> {
+        Ok(self
+            .root_object(name, channel_root::<T>())?
+            .map(ChannelHandle::from_raw))
+    }
+
+    /// The channel a handle names, checked (segment, slot, and the channel's
+    /// header against the slot).
+    pub fn channel<T: Pod>(&self, handle: ChannelHandle<T>) -> Result<Channel<'_, T>> {
+        let pool = self.pool()?;
+        let size = pool.live_size(&handle.raw)? as usize;
+        let words = pool.live_words(&handle.raw, size / 8)?;
+        Ok(Channel {
+            slab: self,
+            raw: RawChannel::open(words, size_of::<T>())?,
+            _type: PhantomData,
+        })
+    }
+}
