@@ -39,6 +39,13 @@ pub const CRASH_POINTS: &[&str] = &[
     "cell.mid_write",
     "cell.written",
     "cell.committed",
+    // a channel's steps (under its lock)
+    "chan.send.entry_written",
+    "chan.send.handed_over",
+    "chan.recv.taken",
+    "chan.ack.acking",
+    "chan.ack.adopted",
+    "chan.redeliver.requeued",
 ];
 
 /// An OFD lock call that [`ofd_fault`] can make fail.

@@ -76,7 +76,7 @@ use common::live::{
     LiveChild, SharedWords, XorShift, from_hex, hear, new_segment, say, segment_dir, to_hex,
 };
 use shmslab::fault::CRASH_POINTS;
-use shmslab::{Error, Locked, PeerInfo, Report, Slab, SlotRef};
+use shmslab::{ChannelHandle, Error, Handle, Locked, PeerInfo, Report, Slab, SlotRef};
 use std::collections::HashSet;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -161,6 +161,9 @@ enum Kind {
     /// Commits locked updates of a `Locked<[u64; 8]>` it allocated, over and
     /// over (each adds 1 to every field).
     Cell,
+    /// Sends jobs (slots) through the campaign's channel and receives them
+    /// back: acks two in three, drops (puts back) the third.
+    Chan,
 }
 
 impl Kind {
@@ -174,6 +177,7 @@ impl Kind {
             Kind::Reclaim => "reclaim",
             Kind::Detach => "detach",
             Kind::Cell => "cell",
+            Kind::Chan => "chan",
         }
     }
 
@@ -187,6 +191,7 @@ impl Kind {
             "reclaim" => Kind::Reclaim,
             "detach" => Kind::Detach,
             "cell" => Kind::Cell,
+            "chan" => Kind::Chan,
             other => panic!("unknown crasher kind {other:?}"),
         }
     }
@@ -246,6 +251,15 @@ fn driver(point: &str) -> Option<Driver> {
         "cell.before_write" | "cell.mid_write" | "cell.written" | "cell.committed" => {
             d(Kind::Cell, 50, 0, 0)
         }
+        // The job is allocated (reported) and still the sender's.
+        "chan.send.entry_written" => d(Kind::Chan, 40, 0, 0),
+        // The job was handed to the channel: one fewer owned than reported.
+        "chan.send.handed_over" => d(Kind::Chan, 40, -1, 0),
+        "chan.recv.taken" | "chan.ack.acking" => d(Kind::Chan, 30, 0, 0),
+        // The job was adopted by the acking receiver: one more owned.
+        "chan.ack.adopted" => d(Kind::Chan, 30, 1, 0),
+        // Every third receive is dropped (put back).
+        "chan.redeliver.requeued" => d(Kind::Chan, 10, 0, 0),
         _ => None,
     }
 }
@@ -739,6 +753,26 @@ fn crasher_child(args: &[String]) {
             for _ in 0..1000 {
                 slab.transact(cell, |v| v.iter_mut().for_each(|x| *x += 1))
                     .expect("crasher: transact");
+            }
+        }
+        Kind::Chan => {
+            let ch = slab
+                .root_or_insert_channel::<Handle<[u64; 4]>>(CAMPAIGN_CHANNEL, 64)
+                .expect("crasher: the campaign's channel");
+            say("CHAN", to_hex(&ch.to_bytes()));
+            let ch = slab.channel(ch).expect("crasher: open the channel");
+            for i in 0..200u64 {
+                let job = slab.alloc([i; 4]).expect("crasher: alloc a job");
+                on_alloc(&job.raw());
+                ch.send_slot(job).expect("crasher: send");
+                // Handed to the channel: no longer ours.
+                on_free(&job.raw());
+                let d = ch.recv().expect("crasher: recv");
+                if i % 3 == 2 {
+                    drop(d);
+                } else {
+                    d.ack().expect("crasher: ack");
+                }
             }
         }
         Kind::Register => unreachable!(),
@@ -1336,6 +1370,7 @@ fn run_round(
     let mut live: HashSet<[u8; 16]> = HashSet::new();
     let mut roots_made = Vec::new();
     let mut cell = None;
+    let mut chan = None;
     let mut finished = false;
     let (mut allocs, mut frees) = (0u64, 0u64);
     for m in crasher.messages_until_exit(MSG_TIMEOUT) {
@@ -1358,6 +1393,7 @@ fn run_round(
             }
             "R" => roots_made.push(m.payload.split_whitespace().next().unwrap().to_string()),
             "CELL" => cell = Some(from_hex::<16>(&m.payload)),
+            "CHAN" => chan = Some(from_hex::<16>(&m.payload)),
             "NOCRASH" | "RECLAIMED" => finished = true,
             "DETACHING" => {}
             other => panic!(
@@ -1413,6 +1449,9 @@ fn run_round(
     drop(crasher);
     if let Some(cell) = cell {
         check_cell_after_crash(&at, worker, cell, point, n);
+    }
+    if let Some(chan) = chan {
+        drain_channel_after_crash(&at, worker, chan);
     }
 
     let reported_live = live.len() as i64;
@@ -1747,6 +1786,41 @@ fn fresh_attach(
 
 /// Starts `count` holders, takes what each owns (allocated + cached) from a
 /// check while they are idle, and kills them. Returns (row, share), by row.
+/// The campaign's channel (a named root, shared by every round).
+const CAMPAIGN_CHANNEL: &str = "campaign-channel";
+
+/// After a crash inside a channel operation (`chan.*`): the next holder
+/// resolves what the crasher left, its in-flight job is redelivered, and
+/// every message can be received and acknowledged (freeing its job); the
+/// channel is empty afterwards, and removed, so the round's accounting
+/// (later) finds no leaked job and no extra root.
+fn drain_channel_after_crash(at: &str, worker: &Worker, chan: [u8; 16]) {
+    let chan = ChannelHandle::<Handle<[u64; 4]>>::from_bytes(chan);
+    let (drained, stats) = worker.call("drain the campaign's channel", move |p| {
+        let ch = p.slab().channel(chan).expect("open the channel");
+        let mut n = 0u64;
+        while let Some(d) = ch
+            .recv_timeout(Duration::from_millis(20))
+            .expect("recv after a crash")
+        {
+            let job = d.value();
+            let v = p.slab().read(job).expect("a queued job's slot is live");
+            assert!(v.iter().all(|&x| x == v[0]), "a torn job {v:?}");
+            d.ack().expect("ack after a crash");
+            n += 1;
+        }
+        let stats = ch.stats().expect("stats");
+        // The round's accounting expects only the busy child's roots: the
+        // next crasher makes the channel again.
+        assert!(p.slab().remove_root(CAMPAIGN_CHANNEL).expect("remove the channel"));
+        (n, stats)
+    });
+    assert!(
+        stats.queued == 0 && stats.in_flight == 0,
+        "{at}: the channel is not empty after draining {drained}: {stats:?}"
+    );
+}
+
 /// After a crash inside a locked update (`cell.*`): the next holder is
 /// told its predecessor died, and the value is a committed one — every field
 /// equal (a torn commit would mix old and new fields) and equal to the

@@ -468,9 +468,16 @@ impl<'a> RawChannel<'a> {
     pub(crate) fn nack(&self, held: &ChannelHold, t: &Taken) -> Result<()> {
         let i = self.check_delivery(held, t)?;
         let (_, redeliveries) = self.state(i)?;
-        self.set_state(i, EntryState::Queued, redeliveries.saturating_add(1));
-        self.bump(REDELIVERED);
+        self.requeue(i, redeliveries);
         Ok(())
+    }
+
+    /// Puts in-flight entry `i` back in the queue, at its place, its count
+    /// + 1 (one store): the step of every redelivery.
+    fn requeue(&self, i: usize, redeliveries: u32) {
+        self.set_state(i, EntryState::Queued, redeliveries.saturating_add(1));
+        crash_point("chan.redeliver.requeued");
+        self.bump(REDELIVERED);
     }
 
     /// Puts every in-flight message whose receiver is dead back in the
@@ -500,9 +507,7 @@ impl<'a> RawChannel<'a> {
                 }
             };
             if dead {
-                self.set_state(i, EntryState::Queued, redeliveries.saturating_add(1));
-                self.bump(REDELIVERED);
-                crash_point("chan.redeliver.requeued");
+                self.requeue(i, redeliveries);
                 n += 1;
             }
         }
