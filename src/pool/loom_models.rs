@@ -439,3 +439,149 @@ fn loom_models_two_slice_roots_on_one_name_make_one_slice_with_one_length() {
         );
     });
 }
+
+/// Two simulated processes on a segment of 256-byte slots: room for a
+/// channel of one or two `u64`s (16 header words, 5 per entry).
+fn chan_processes() -> [(Arc<TestPool>, Owner); 2] {
+    let ps: Vec<_> = heap_processes(&[256], PAGE, 8 << 10, 2)
+        .into_iter()
+        .map(|(p, o)| (Arc::new(p), o))
+        .collect();
+    ps.try_into()
+        .unwrap_or_else(|_| unreachable!("heap_processes makes 2"))
+}
+
+/// The channel of `u64` values in slot `h`.
+fn channel_of<'a>(p: &'a TestPool, h: &SlotRef) -> super::channel::RawChannel<'a> {
+    super::channel::RawChannel::open(p.live_words(h, 32).unwrap(), 8).unwrap()
+}
+
+fn new_channel(p: &TestPool, o: Owner, cap: usize) -> SlotRef {
+    let h = alloc_one(p, 0, o).unwrap();
+    let words = p.live_words(&h, 32).unwrap();
+    for w in words {
+        w.store(0, Ordering::Relaxed);
+    }
+    assert!(super::channel::words_for(cap, 8).unwrap() <= 32);
+    super::channel::RawChannel::init(words, cap);
+    h
+}
+
+fn send_value(p: &TestPool, o: Owner, h: &SlotRef, v: u64) -> bool {
+    let ch = channel_of(p, h);
+    let held = ch.lock(p, o, None).unwrap().unwrap();
+    let sent = ch.send(p, &held, &v.to_ne_bytes(), SlotRef::NULL);
+    ch.unlock(held);
+    sent.unwrap()
+}
+
+fn take_value(p: &TestPool, o: Owner, h: &SlotRef) -> Option<(u64, super::channel::Taken)> {
+    let ch = channel_of(p, h);
+    let held = ch.lock(p, o, None).unwrap().unwrap();
+    let mut b = [0u8; 8];
+    let t = ch.take(&held, &mut b).unwrap();
+    if t.is_none() && ch.redeliver_dead(p, o).unwrap() > 0 {
+        let t = ch.take(&held, &mut b).unwrap();
+        ch.unlock(held);
+        return t.map(|t| (u64::from_ne_bytes(b), t));
+    }
+    ch.unlock(held);
+    t.map(|t| (u64::from_ne_bytes(b), t))
+}
+
+fn ack_value(p: &TestPool, o: Owner, h: &SlotRef, t: &super::channel::Taken) {
+    let ch = channel_of(p, h);
+    let held = ch.lock(p, o, None).unwrap().unwrap();
+    ch.ack(p, &held, o, t).unwrap();
+    ch.unlock(held);
+}
+
+#[test]
+fn loom_models_two_senders_and_a_receiver_on_a_channel_of_capacity_one() {
+    model(|| {
+        let [(p0, o0), (p1, o1)] = chan_processes();
+        let h = new_channel(&p0, o0, 1);
+        let t = {
+            let p1 = p1.clone();
+            thread::spawn(move || send_value(&p1, o1, &h, 1))
+        };
+        let mine = send_value(&p0, o0, &h, 2);
+        let theirs = t.join().unwrap();
+        // Capacity one: exactly one of the two fits.
+        assert!(mine ^ theirs, "mine {mine} theirs {theirs}");
+        let (v, taken) = take_value(&p0, o0, &h).expect("the one sent");
+        assert_eq!(v, if mine { 2 } else { 1 });
+        ack_value(&p0, o0, &h, &taken);
+        assert!(take_value(&p0, o0, &h).is_none(), "delivered twice");
+        assert!(send_value(&p1, o1, &h, 3), "the ack freed the room");
+    });
+}
+
+#[test]
+fn loom_models_a_dead_receivers_message_is_delivered_once_to_the_survivor() {
+    model(|| {
+        let [(p0, o0), (p1, o1)] = chan_processes();
+        let h = new_channel(&p0, o0, 1);
+        assert!(send_value(&p0, o0, &h, 7));
+        // p0 receives and dies before acking, racing p1's receive.
+        let t = {
+            let p0 = p0.clone();
+            thread::spawn(move || {
+                let got = take_value(&p0, o0, &h);
+                kill(&p0, Owner::row_of(o0.token).unwrap());
+                got.map(|(v, _)| v)
+            })
+        };
+        let mine = take_value(&p1, o1, &h);
+        let theirs = t.join().unwrap();
+        match (mine, theirs) {
+            // p1 came first and holds it; p0 (dead) got nothing.
+            (Some((7, taken)), None) => ack_value(&p1, o1, &h, &taken),
+            // p0 took it and died: p1 gets it again, once, redelivered.
+            (None, Some(7)) => {
+                let (v, taken) = take_value(&p1, o1, &h).expect("redelivered");
+                assert_eq!((v, taken.redeliveries), (7, 1));
+                ack_value(&p1, o1, &h, &taken);
+            }
+            // p0 took it (then died) while p1 looked; p1's receive may
+            // already have brought it back.
+            (Some((7, taken)), Some(7)) => {
+                assert_eq!(taken.redeliveries, 1);
+                ack_value(&p1, o1, &h, &taken);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(take_value(&p1, o1, &h).is_none(), "delivered twice");
+    });
+}
+
+#[test]
+fn loom_models_close_racing_send_leaves_the_message_queued_or_refused() {
+    model(|| {
+        let [(p0, o0), (p1, o1)] = chan_processes();
+        let h = new_channel(&p0, o0, 1);
+        let t = {
+            let p1 = p1.clone();
+            thread::spawn(move || {
+                let ch = channel_of(&p1, &h);
+                let held = ch.lock(&p1, o1, None).unwrap().unwrap();
+                let r = ch.send(&p1, &held, &5u64.to_ne_bytes(), SlotRef::NULL);
+                ch.unlock(held);
+                r
+            })
+        };
+        {
+            let ch = channel_of(&p0, &h);
+            let held = ch.lock(&p0, o0, None).unwrap().unwrap();
+            ch.close(&held);
+            ch.unlock(held);
+        }
+        let sent = t.join().unwrap();
+        let queued = take_value(&p0, o0, &h).map(|(v, _)| v);
+        match sent {
+            Ok(true) => assert_eq!(queued, Some(5), "sent before the close: still delivered"),
+            Err(Error::ChannelClosed) => assert_eq!(queued, None),
+            other => panic!("{other:?}"),
+        }
+    });
+}
