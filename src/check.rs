@@ -12,19 +12,36 @@
 //! counts match; extents lie inside `current_size` without
 //! overlap; roots point at live slots big enough for their type; peer rows
 //! hold known states.
+//!
+//! Channels that are named roots (a root whose slot holds a channel header
+//! for values of the root type's size, as `Slab::reclaim_dead` finds them):
+//! the ring's shape reads (head and length within the capacity, every
+//! occupied entry in one of its five states, the entries adding up to at
+//! most the capacity), and — with an identity, under the channel's lock, so
+//! no operation is caught half-way — every queued or in-flight message that
+//! carries a slot names a live slot of the segment, owned by the segment
+//! (owner 0), and no slot is carried by two messages. The read-only checker
+//! (no identity: `shmslab check`, [`inspect`](crate::inspect)) can take no
+//! lock, so it checks the shape only: a message's slot is adopted by its
+//! receiver, or handed to the segment by its sender, one step apart from
+//! the entry's state, and a read between the two would be a false finding.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::{self, Geometry, Meta, SlotId, SlotRef, SlotState, cls, journal, peer, root};
+use crate::pool::channel::RawChannel;
 use crate::pool::{Owner, Pool};
 use crate::region::Memory;
 use crate::slab::Slab;
 use crate::sync::{AtomicU64, Ordering};
+use crate::typed::{RootInfo, list_roots};
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 /// One thing found wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
-    /// Where: `"header"`, `"class 3"`, `"root 7"`, `"peer 2"`, ...
+    /// Where: `"header"`, `"class 3"`, `"root 7"`, `"peer 2"`,
+    /// `channel "jobs"`, ...
     pub location: String,
     /// What is wrong.
     pub problem: String,
@@ -67,8 +84,10 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// States that are not inconsistencies but work a dead process left
     /// half done, which the next operation finishes by design (a growth cut
-    /// short: the next attach, [`Slab::reclaim_dead`] or growth repairs it).
-    /// They do not make the report inconsistent.
+    /// short: the next attach, [`Slab::reclaim_dead`] or growth repairs it),
+    /// and parts of the check that could not run (a channel whose lock a
+    /// live process held throughout the wait for it). They do not make the
+    /// report inconsistent.
     pub notes: Vec<Finding>,
     /// Per-class counts (empty if the header itself failed).
     pub classes: Vec<ClassCheck>,
@@ -107,6 +126,17 @@ impl Slab {
     /// Checks the whole segment and reports every inconsistency it finds, with
     /// exact per-class counts. Takes each class's lock in turn, so it can run
     /// while other processes work. Returns `Err` only for an I/O failure.
+    ///
+    /// Channels that are named roots are checked under their lock, one at a
+    /// time: the ring's shape (head and length within the capacity, every
+    /// entry in a known state, no more entries than the capacity), and that
+    /// every queued or in-flight message that carries a slot names a live
+    /// slot owned by the segment, carried by no other message of the
+    /// channel. A problem is a [`Finding`] at `channel "<name>"`. A channel
+    /// whose lock a live process keeps past a bounded wait is checked for
+    /// its shape only, with a note. The read-only check of
+    /// [`inspect`](crate::inspect) and `shmslab check` can take no lock, so
+    /// it checks the shape only, never the messages' slots.
     ///
     /// ```
     /// # let dir = tempfile::tempdir()?;
@@ -165,6 +195,7 @@ pub(crate) fn check_pool<M: Memory>(pool: &Pool<M>, me: Option<(usize, Owner)>) 
         report.classes.push(counts);
     }
     check_roots(pool, &mut report);
+    check_channels(pool, me.map(|m| m.1), &mut report)?;
     Ok(report)
 }
 
@@ -395,6 +426,179 @@ fn check_roots<M: Memory>(pool: &Pool<M>, report: &mut Report) {
     }
 }
 
+/// The channel a named root holds, if it is one: its slot is live and
+/// holds a channel header for values of the root type's size (the test
+/// `Slab::redeliver_in_root_channels` uses). `None` for any other root.
+pub(crate) fn root_channel<'p, M: Memory>(
+    pool: &'p Pool<M>,
+    root: &RootInfo,
+) -> Option<RawChannel<'p>> {
+    let size = pool.live_size(&root.handle).ok()?;
+    let words = pool.live_words(&root.handle, size as usize / 8).ok()?;
+    let value_size = usize::try_from(root.fingerprint.size).ok()?;
+    RawChannel::open(words, value_size).ok()
+}
+
+/// An error as a finding's problem: a `Corrupt` error's own words (without
+/// the advice to run the checker).
+fn problem_of(e: &Error) -> String {
+    match e {
+        Error::Corrupt { what } => what.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `slot class 0 ext 0 idx 7 gen 2`.
+fn slot_name(h: &SlotRef) -> String {
+    let p = h.parts();
+    format!(
+        "slot class {} ext {} idx {} gen {}",
+        p.class, p.extent, p.index, p.generation
+    )
+}
+
+/// How long the checker waits for a channel's lock. Operations hold it for
+/// microseconds; a holder that died is taken over at once. One that keeps it
+/// longer (stopped, or a hostile peer writing its token) must not hang the
+/// check: the channel is then checked without the lock (shape only), and a
+/// note says so.
+const CHANNEL_LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Channel roots: their shape, and with an identity (under each channel's
+/// lock) the slots their messages carry. Only an I/O failure is an `Err`.
+fn check_channels<M: Memory>(pool: &Pool<M>, me: Option<Owner>, report: &mut Report) -> Result<()> {
+    // A root table that does not read is `check_roots`' finding.
+    let Ok(roots) = list_roots(pool) else {
+        return Ok(());
+    };
+    for root in &roots {
+        let Some(raw) = root_channel(pool, root) else {
+            continue;
+        };
+        let here = format!("channel {:?}", root.name);
+        let Some(owner) = me else {
+            check_channel_shape(&raw, &here, report);
+            continue;
+        };
+        // Taking the lock resolves what a holder that died left half done
+        // (a `Corrupt` error here is a channel whose words do not read).
+        match raw.lock(pool, owner, Instant::now().checked_add(CHANNEL_LOCK_WAIT)) {
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => report.add(&here, format!("taking its lock: {}", problem_of(&e))),
+            Ok(None) => {
+                report.note(
+                    &here,
+                    format!(
+                        "its lock was held by a live process for all of {CHANNEL_LOCK_WAIT:?}; \
+                         checked its shape only, not the slots its messages carry"
+                    ),
+                );
+                check_channel_shape(&raw, &here, report);
+            }
+            Ok(Some(hold)) => {
+                let r = check_channel_locked(pool, &raw, &here, report);
+                raw.unlock(hold);
+                r?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ring's shape: head and length within the capacity, every occupied
+/// entry in a known state (`counts` says `Corrupt` otherwise), and the
+/// entries adding up to at most the capacity. Needs no lock: every step of
+/// the protocol leaves a valid shape.
+fn check_channel_shape(raw: &RawChannel<'_>, here: &str, report: &mut Report) -> bool {
+    let c = match raw.counts() {
+        Ok(c) => c,
+        Err(e) => {
+            report.add(here, problem_of(&e));
+            return false;
+        }
+    };
+    let occupied = c.queued + c.in_flight + c.sending + c.done;
+    if occupied > c.capacity {
+        report.add(
+            here,
+            format!(
+                "{occupied} entries occupied ({} queued, {} in flight, {} sending, {} done) \
+                 in a capacity of {}",
+                c.queued, c.in_flight, c.sending, c.done, c.capacity
+            ),
+        );
+        return false;
+    }
+    true
+}
+
+/// Under the channel's lock: the shape, then every message's slot is live
+/// and the segment's, carried by one message only.
+fn check_channel_locked<M: Memory>(
+    pool: &Pool<M>,
+    raw: &RawChannel<'_>,
+    here: &str,
+    report: &mut Report,
+) -> Result<()> {
+    if !check_channel_shape(raw, here, report) {
+        return Ok(());
+    }
+    let held = match raw.held_slots() {
+        Ok(h) => h,
+        Err(e) => {
+            report.add(here, problem_of(&e));
+            return Ok(());
+        }
+    };
+    let mut seen = HashSet::new();
+    let mut problems = 0usize;
+    for (slot, receiver) in held {
+        if slot.is_null() {
+            continue;
+        }
+        let name = slot_name(&slot);
+        let what = match receiver {
+            None => "a queued message".to_string(),
+            Some(token) => match Owner::row_of(token) {
+                Some(row) => format!("a message in flight to peer row {row}"),
+                None => format!("a message in flight to token {token:#x}"),
+            },
+        };
+        let problem = match pool.slot_owner(&slot) {
+            Err(e @ Error::Io { .. }) => return Err(e),
+            Err(e) => Some(format!(
+                "{what} carries {name}, which is no slot: {}",
+                problem_of(&e)
+            )),
+            Ok(None) => Some(format!(
+                "{what} carries {name}, which is not live (freed behind the channel's back?)"
+            )),
+            Ok(Some(0)) => None,
+            Ok(Some(owner)) => Some(format!(
+                "{what} carries {name}, which is owned by peer row {}, not the segment",
+                owner - 1
+            )),
+        };
+        let problem = problem.or_else(|| {
+            (!seen.insert(slot))
+                .then(|| format!("{what} carries {name}, which another message carries too"))
+        });
+        if let Some(p) = problem {
+            problems += 1;
+            if problems <= 20 {
+                report.add(here, p);
+            }
+        }
+    }
+    if problems > 20 {
+        report.add(
+            here,
+            format!("... and {} more message problems", problems - 20),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::check_pool;
@@ -434,6 +638,50 @@ mod tests {
                 .unwrap()
                 .growth_repaired
         );
+    }
+
+    /// A channel root whose lock a live process keeps: the check waits a
+    /// bounded time, checks the shape only and says so in a note (no hang,
+    /// no finding); once the holder is dead the check takes the lock over.
+    #[test]
+    fn a_channel_lock_kept_by_a_live_process_is_a_note_not_a_hang() {
+        use crate::error::Fingerprint;
+        use crate::pool::channel::{RawChannel, words_for};
+        use crate::pool::testing::alloc_one;
+        use crate::typed::RootType;
+        let procs = heap_processes(&[512], 4096, 1 << 20, 2);
+        let (p, me) = &procs[0];
+        let (q, holder) = &procs[1];
+        let ty = RootType {
+            fingerprint: Fingerprint {
+                size: 8,
+                align: 8,
+                schema: 1,
+            },
+            name: "u64 channel",
+        };
+        let words = words_for(4, 8).unwrap();
+        let h = crate::typed::roots::get_or_insert(p, *me, "ch", ty, || {
+            let h = alloc_one(p, 0, *me)?;
+            RawChannel::init(p.live_words(&h, words)?, 4);
+            Ok(h)
+        })
+        .unwrap();
+        let r = check_pool(p, Some((0, *me))).unwrap();
+        assert!(r.is_consistent() && r.notes.is_empty(), "{r:?}");
+
+        let raw = RawChannel::open(q.live_words(&h, words).unwrap(), 8).unwrap();
+        let _kept = raw.lock(q, *holder, None).unwrap().unwrap();
+        let started = std::time::Instant::now();
+        let r = check_pool(p, Some((0, *me))).unwrap();
+        assert!(started.elapsed() >= super::CHANNEL_LOCK_WAIT);
+        assert!(r.is_consistent(), "{r:?}");
+        assert_eq!(r.notes.len(), 1, "{r:?}");
+        assert_eq!(r.notes[0].location, "channel \"ch\"");
+
+        kill(q, 1);
+        let r = check_pool(p, Some((0, *me))).unwrap();
+        assert!(r.is_consistent() && r.notes.is_empty(), "{r:?}");
     }
 
     /// A journal state no grower writes is corruption, not a note.

@@ -97,7 +97,7 @@ pub use channel::{Channel, ChannelHandle, Delivery};
 pub use check::{ClassCheck, Finding, Report};
 pub use error::{Error, Fingerprint, Result};
 pub use format::{SlotParts, SlotRef};
-pub use inspect::{PeerSnapshot, Snapshot, inspect};
+pub use inspect::{ChannelSnapshot, PeerSnapshot, ReceiverSnapshot, Snapshot, inspect};
 pub use lifetime::FileLifetime;
 pub use locked::{Locked, LockedGuard};
 pub use notifier::{Notifier, NotifierHandle};

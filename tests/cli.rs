@@ -799,6 +799,345 @@ fn corrupt_header_is_exit_1() {
 }
 
 // ---------------------------------------------------------------------------
+// Channels
+
+/// The row of the peer table this process holds in `slab`.
+fn own_row(slab: &Slab) -> usize {
+    slab.peers()
+        .expect("peers")
+        .into_iter()
+        .find(|p| p.is_self)
+        .expect("own row")
+        .row
+}
+
+/// The line of `text` whose first whitespace-separated words are `words`.
+fn line_starting<'t>(text: &'t str, words: &[&str]) -> Option<&'t str> {
+    text.lines().find(|l| {
+        let got: Vec<&str> = l.split_whitespace().take(words.len()).collect();
+        got == words
+    })
+}
+
+/// Not a test of its own: attaches, receives one message of the channel
+/// root `jobs`, reports its value and its own peer row, then waits to be
+/// killed with the message in flight.
+#[test]
+#[ignore = "a child role, run by the tests that need it"]
+fn receiver_role() {
+    let Some(args) = child_args("receiver") else {
+        return;
+    };
+    let slab = Slab::attach(&args[0]).expect("attach");
+    let jobs = slab
+        .root_channel::<u64>("jobs")
+        .expect("root")
+        .expect("made by the parent");
+    let d = slab.channel(jobs).expect("channel").recv().expect("recv");
+    say("RECEIVED", format!("{} {}", d.value(), own_row(&slab)));
+    let _ = hear(); // never answered: the parent kills us
+    drop(d);
+}
+
+/// `inspect` shows the channel roots: capacity, queued, in flight by
+/// receiver (peer row, and whether it lives), the totals and whether the
+/// channel is closed, in the text table and the JSON; `check` finds a
+/// channel with a message in flight to a dead receiver consistent, and once
+/// `reclaim` puts that message back, `inspect` shows it queued.
+#[test]
+fn inspect_shows_channels_with_queued_and_in_flight_messages() {
+    let dir = segment_dir();
+    let path = dir.path().join("channels.shm");
+    let slab = create(&path);
+    let me = own_row(&slab);
+
+    // "jobs": five messages, the even ones carrying a slot.
+    let jobs = slab.root_or_insert_channel::<u64>("jobs", 8).expect("root");
+    let ch = slab.channel(jobs).expect("channel");
+    for v in 1..=5u64 {
+        if v % 2 == 0 {
+            let h = slab.alloc_bytes(100).expect("alloc").raw();
+            ch.send_with_slot(v, h).expect("send");
+        } else {
+            ch.send(v).expect("send");
+        }
+    }
+    // This process holds 1, and 2 (put back once by a dropped delivery).
+    let d1 = ch.recv().expect("recv");
+    drop(ch.recv().expect("recv"));
+    let d2 = ch.recv().expect("recv");
+    assert_eq!((d1.value(), d2.value(), d2.redeliveries()), (1, 2, 1));
+    // A child takes 3 and dies holding it.
+    let mut child = LiveChild::spawn("receiver_role", "receiver", &[p(&path)], &[]);
+    let got = child.expect("RECEIVED", TIMEOUT);
+    let (value, dead) = got.split_once(' ').expect("value and row");
+    assert_eq!(value, "3", "{got}");
+    let dead: usize = dead.parse().expect("row");
+    child.kill();
+    // "done": closed, empty, of 24-byte values.
+    let done = slab
+        .root_or_insert_channel::<[u8; 24]>("done", 4)
+        .expect("root");
+    slab.channel(done).expect("channel").close().expect("close");
+
+    let before = std::fs::read(&path).expect("read");
+    let text = shmslab(&["inspect", p(&path)]);
+    text.expect_code(OK);
+    let json = shmslab(&["inspect", "--json", p(&path)])
+        .expect_code(OK)
+        .json();
+    assert_eq!(
+        before,
+        std::fs::read(&path).unwrap(),
+        "inspect changed the file"
+    );
+
+    // Text: a "channels" section between the roots and the peers.
+    let t = &text.stdout;
+    let at = |s: &str| {
+        t.find(s)
+            .unwrap_or_else(|| panic!("missing {s:?}\n{}", text.show()))
+    };
+    assert!(
+        at("\nroots (2)") < at("\nchannels (2)") && at("\nchannels (2)") < at("\npeers ("),
+        "{}",
+        text.show()
+    );
+    assert!(
+        t.contains("name    capacity  queued  in flight  sent  acked  redelivered  closed  in flight by receiver (peer row)"),
+        "{}",
+        text.show()
+    );
+    let mut receivers = [
+        (me, format!("row {me}: 2")),
+        (dead, format!("row {dead} (dead): 1")),
+    ];
+    receivers.sort();
+    let receivers = receivers.map(|r| r.1).join(", ");
+    let line = line_starting(t, &["\"jobs\"", "8", "2", "3", "5", "0", "1", "no"])
+        .unwrap_or_else(|| panic!("no jobs row\n{}", text.show()));
+    assert!(
+        line.ends_with(&format!("  {receivers}")),
+        "{line:?}\n{}",
+        text.show()
+    );
+    assert!(
+        line_starting(t, &["\"done\"", "4", "0", "0", "0", "0", "0", "yes", "-"]).is_some(),
+        "no done row\n{}",
+        text.show()
+    );
+    assert!(
+        t.contains(&format!(
+            "  1 message in flight to dead receivers: the next receive that finds nothing \
+             queued, or `shmslab reclaim {}`, puts it back in the queue",
+            path.display()
+        )),
+        "{}",
+        text.show()
+    );
+    assert!(t.contains("check: consistent"), "{}", text.show());
+
+    // JSON: a "channels" array, in the roots' order.
+    let chans = json["channels"].as_array().expect("channels");
+    assert_eq!(chans.len(), 2, "{json:#}");
+    let j = &chans[0];
+    assert_eq!(j["name"], "jobs");
+    assert_eq!(j["handle"], common::live::to_hex(&jobs.to_bytes()));
+    for (key, want) in [
+        ("value_size", 8),
+        ("capacity", 8),
+        ("queued", 2),
+        ("in_flight", 3),
+        ("sent", 5),
+        ("acked", 0),
+        ("redelivered", 1),
+    ] {
+        assert_eq!(j[key], want, "{key}: {j:#}");
+    }
+    assert_eq!(j["closed"], false);
+    let mut want = vec![(me, true, 2), (dead, false, 1)];
+    want.sort();
+    let rs = j["receivers"].as_array().expect("receivers");
+    assert_eq!(rs.len(), 2, "{j:#}");
+    for (r, (row, alive, n)) in rs.iter().zip(want) {
+        assert_eq!(r["row"], row, "{j:#}");
+        assert_eq!(r["alive"], alive, "{j:#}");
+        assert_eq!(r["in_flight"], n, "{j:#}");
+        let token = r["token"].as_str().expect("token");
+        let token = u64::from_str_radix(token.trim_start_matches("0x"), 16).expect("hex");
+        assert_eq!(
+            token as u32 as usize,
+            row + 1,
+            "the token's low half is row + 1"
+        );
+    }
+    let j = &chans[1];
+    assert_eq!(j["name"], "done");
+    assert_eq!(
+        (j["value_size"].as_u64(), j["capacity"].as_u64()),
+        (Some(24), Some(4))
+    );
+    assert_eq!(
+        (j["queued"].as_u64(), j["in_flight"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(j["closed"], true);
+    assert_eq!(j["receivers"], serde_json::json!([]));
+
+    // A message in flight to a dead receiver is no inconsistency.
+    shmslab(&["check", p(&path)]).expect_code(OK);
+    let r = slab.check().expect("check");
+    assert!(r.is_consistent() && r.notes.is_empty(), "{r:?}");
+
+    // Reclaim puts it back: queued again, in flight to this process only.
+    assert_eq!(slab.reclaim_dead().expect("reclaim").redelivered, 1);
+    let after = shmslab(&["inspect", p(&path)]);
+    after.expect_code(OK);
+    let line = line_starting(
+        &after.stdout,
+        &["\"jobs\"", "8", "3", "2", "5", "0", "2", "no"],
+    )
+    .unwrap_or_else(|| panic!("no jobs row\n{}", after.show()));
+    assert!(
+        line.ends_with(&format!("  row {me}: 2")),
+        "{}",
+        after.show()
+    );
+    assert!(!after.stdout.contains("dead receivers"), "{}", after.show());
+    d1.ack().expect("ack");
+    d2.ack().expect("ack");
+    let json = shmslab(&["inspect", "--json", p(&path)])
+        .expect_code(OK)
+        .json();
+    let j = &json["channels"][0];
+    assert_eq!(
+        (
+            j["queued"].as_u64(),
+            j["in_flight"].as_u64(),
+            j["acked"].as_u64()
+        ),
+        (Some(3), Some(0), Some(2)),
+        "{j:#}"
+    );
+    assert!(slab.check().expect("check").is_consistent());
+}
+
+/// A segment without channels shows no channels section, and an empty
+/// "channels" array.
+#[test]
+fn inspect_without_channels_has_no_channels_section() {
+    let dir = segment_dir();
+    let path = populated_segment(dir.path(), "plain.shm");
+    let text = shmslab(&["inspect", p(&path)]);
+    text.expect_code(OK);
+    assert!(!text.stdout.contains("channels"), "{}", text.show());
+    let json = shmslab(&["inspect", "--json", p(&path)])
+        .expect_code(OK)
+        .json();
+    assert_eq!(json["channels"], serde_json::json!([]), "{json:#}");
+}
+
+/// `Slab::check` (under the channel's lock) finds a message whose slot was
+/// freed, or adopted by a process, behind the channel's back; the
+/// read-only `shmslab check` checks a channel's shape only (it can take no
+/// lock), so it passes those, but finds an entry state the protocol never
+/// writes, as `Slab::check` does.
+#[test]
+fn check_finds_a_forged_channel() {
+    let dir = segment_dir();
+    let path = dir.path().join("forged.shm");
+    let slab = create(&path);
+    let me = own_row(&slab);
+    let jobs = slab.root_or_insert_channel::<u64>("jobs", 4).expect("root");
+    let ch = slab.channel(jobs).expect("channel");
+    let freed = slab.alloc_bytes(100).expect("alloc").raw();
+    let adopted = slab.alloc_bytes(100).expect("alloc").raw();
+    ch.send_with_slot(7, freed).expect("send");
+    ch.send(8).expect("send");
+    ch.send_with_slot(9, adopted).expect("send");
+    let r = slab.check().expect("check");
+    assert!(r.is_consistent(), "{r:?}");
+
+    // Behind the channel's back: the raw free of a queued message's slot,
+    // and a process adopting another's.
+    slab.free(freed).expect("raw free");
+    slab.adopt(adopted).expect("raw adopt");
+    let r = slab.check().expect("check");
+    let at_jobs: Vec<&shmslab::Finding> = r
+        .findings
+        .iter()
+        .filter(|f| f.location == "channel \"jobs\"")
+        .collect();
+    assert_eq!(at_jobs.len(), 2, "{r:?}");
+    assert!(
+        at_jobs[0]
+            .problem
+            .starts_with("a queued message carries slot ")
+            && at_jobs[0].problem.contains("which is not live"),
+        "{r:?}"
+    );
+    assert!(
+        at_jobs[1]
+            .problem
+            .ends_with(&format!("which is owned by peer row {me}, not the segment")),
+        "{r:?}"
+    );
+    assert_eq!(r.findings.len(), 2, "nothing else is wrong: {r:?}");
+    assert!(
+        at_jobs[0]
+            .to_string()
+            .starts_with("channel \"jobs\": a queued message"),
+        "{}",
+        at_jobs[0]
+    );
+    // The read-only check cannot see it.
+    shmslab(&["check", p(&path)]).expect_code(OK);
+
+    // A state word no step writes (entry 1, the plain message: words
+    // 16 + 5, after the 16-word header and one entry of 4 + 1 words).
+    let bytes = slab.bytes_of(jobs.raw()).expect("bytes");
+    slab.write_bytes(bytes, 8 * (16 + 5), &0x77u64.to_ne_bytes())
+        .expect("forge");
+    let run = shmslab(&["check", p(&path)]);
+    run.expect_code(INCONSISTENT);
+    assert!(
+        run.stdout
+            .lines()
+            .any(|l| l == "channel \"jobs\": channel entry 1 has state word 0x77"),
+        "{}",
+        run.show()
+    );
+    let j = shmslab(&["check", "--json", p(&path)])
+        .expect_code(INCONSISTENT)
+        .json();
+    assert!(
+        j["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["location"] == "channel \"jobs\""),
+        "{j:#}"
+    );
+    let r = slab.check().expect("check");
+    assert!(
+        r.findings
+            .iter()
+            .any(|f| f.location == "channel \"jobs\"" && f.problem.contains("state word 0x77")),
+        "{r:?}"
+    );
+    // inspect leaves a channel it cannot read out of the table, and says
+    // the segment is inconsistent.
+    let i = shmslab(&["inspect", p(&path)]);
+    i.expect_code(OK);
+    assert!(!i.stdout.contains("\nchannels ("), "{}", i.show());
+    assert!(i.stdout.contains("check: INCONSISTENT"), "{}", i.show());
+    let ij = shmslab(&["inspect", "--json", p(&path)])
+        .expect_code(OK)
+        .json();
+    assert_eq!(ij["channels"], serde_json::json!([]), "{ij:#}");
+}
+
+// ---------------------------------------------------------------------------
 // Files that are not readable segments (exit 2)
 
 /// The run printed exactly one line on stderr, naming `path` and containing

@@ -1812,7 +1812,11 @@ fn drain_channel_after_crash(at: &str, worker: &Worker, chan: [u8; 16]) {
         let stats = ch.stats().expect("stats");
         // The round's accounting expects only the busy child's roots: the
         // next crasher makes the channel again.
-        assert!(p.slab().remove_root(CAMPAIGN_CHANNEL).expect("remove the channel"));
+        assert!(
+            p.slab()
+                .remove_root(CAMPAIGN_CHANNEL)
+                .expect("remove the channel")
+        );
         (n, stats)
     });
     assert!(

@@ -1,11 +1,14 @@
 //! `shmslab`: look into a shmslab segment file from the command line.
 //!
 //! - `shmslab inspect FILE` shows the header, the size classes, the named
-//!   roots and the attached processes. It maps the file read-only, joins no
-//!   peer table and takes no lock, so it never changes the file. `--json`
-//!   prints the same as JSON; `--watch` redraws every second.
+//!   roots, the channels among them and the attached processes. It maps the
+//!   file read-only, joins no peer table and takes no lock, so it never
+//!   changes the file. `--json` prints the same as JSON; `--watch` redraws
+//!   every second.
 //! - `shmslab check FILE` runs the consistency checker (read-only too) and
-//!   prints every problem as `location: problem`.
+//!   prints every problem as `location: problem`. Taking no lock, it checks
+//!   a channel's shape but not the slots its messages carry
+//!   (`Slab::check` does).
 //! - `shmslab reclaim FILE` attaches, frees the slots of dead processes and
 //!   detaches.
 //!
@@ -47,7 +50,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Show a segment's header, size classes, named roots and peers.
+    /// Show a segment's header, size classes, named roots, channels and peers.
     ///
     /// Read-only: maps the file with PROT_READ, takes no lock and registers no
     /// peer, so the file is never changed. On a segment other processes are

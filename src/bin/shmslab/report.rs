@@ -86,6 +86,30 @@ pub fn inspect_json(snap: &Snapshot) -> Value {
             })
         })
         .collect();
+    let channels: Vec<Value> = snap
+        .channels
+        .iter()
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "handle": crate::hex(&c.handle.to_bytes()),
+                "value_size": c.value_size,
+                "capacity": c.capacity,
+                "queued": c.queued,
+                "in_flight": c.in_flight,
+                "receivers": c.receivers.iter().map(|r| json!({
+                    "row": r.row,
+                    "token": format!("{:#018x}", r.token),
+                    "alive": r.alive,
+                    "in_flight": r.in_flight,
+                })).collect::<Vec<_>>(),
+                "sent": c.sent,
+                "acked": c.acked,
+                "redelivered": c.redelivered,
+                "closed": c.closed,
+            })
+        })
+        .collect();
     let peers: Vec<Value> = snap
         .peers
         .iter()
@@ -120,6 +144,7 @@ pub fn inspect_json(snap: &Snapshot) -> Value {
             "retired": snap.classes.iter().map(|c| c.retired).sum::<u64>(),
         },
         "roots": roots,
+        "channels": channels,
         "peers": peers,
         "segment_owned": snap.segment_owned,
         "consistent": snap.is_consistent(),

@@ -230,6 +230,11 @@ pub fn inspect(snap: &Snapshot) -> String {
         ));
     }
 
+    // Channels (only on a segment that has some).
+    if !snap.channels.is_empty() {
+        out.push_str(&channels(snap));
+    }
+
     // Peers.
     let _ = writeln!(out, "\npeers ({})", snap.peers.len());
     if snap.peers.is_empty() {
@@ -301,6 +306,77 @@ pub fn inspect(snap: &Snapshot) -> String {
     // Notes (a repair made or due) are not findings: shown either way.
     for n in &snap.notes {
         let _ = writeln!(out, "  note: {n}");
+    }
+    out
+}
+
+/// The channels table of `shmslab inspect`.
+fn channels(snap: &Snapshot) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nchannels ({})", snap.channels.len());
+    let rows: Vec<Vec<String>> = snap
+        .channels
+        .iter()
+        .map(|c| {
+            let receivers = if c.receivers.is_empty() {
+                "-".to_string()
+            } else {
+                c.receivers
+                    .iter()
+                    .map(|r| {
+                        let who = match r.row {
+                            Some(row) => format!("row {row}"),
+                            None => format!("token {:#x}", r.token),
+                        };
+                        let dead = if r.alive { "" } else { " (dead)" };
+                        format!("{who}{dead}: {}", r.in_flight)
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                format!("{:?}", c.name),
+                c.capacity.to_string(),
+                c.queued.to_string(),
+                c.in_flight.to_string(),
+                c.sent.to_string(),
+                c.acked.to_string(),
+                c.redelivered.to_string(),
+                if c.closed { "yes" } else { "no" }.into(),
+                receivers,
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            ("name", Left),
+            ("capacity", Right),
+            ("queued", Right),
+            ("in flight", Right),
+            ("sent", Right),
+            ("acked", Right),
+            ("redelivered", Right),
+            ("closed", Left),
+            ("in flight by receiver (peer row)", Left),
+        ],
+        &rows,
+    ));
+    let stranded: u64 = snap
+        .channels
+        .iter()
+        .flat_map(|c| &c.receivers)
+        .filter(|r| !r.alive)
+        .map(|r| r.in_flight)
+        .sum();
+    if stranded > 0 {
+        let _ = writeln!(
+            out,
+            "  {} in flight to dead receivers: the next receive that finds nothing queued, \
+             or `shmslab reclaim {}`, puts {} back in the queue",
+            plural(stranded, "message", "messages"),
+            snap.path.display(),
+            if stranded == 1 { "it" } else { "them" }
+        );
     }
     out
 }
