@@ -71,91 +71,15 @@ use crate::pool::channel::{self, RawChannel, Taken};
 use crate::pool::notify::RawNotifier;
 use crate::slab::Slab;
 use crate::typed::{RootType, fnv1a};
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Pod;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-/// A handle to a channel of `T`s: 16 bytes, `Copy` and `Pod`, like every
-/// handle (null value, `to_bytes`/`from_bytes`, checked on use).
-#[repr(transparent)]
-pub struct ChannelHandle<T> {
-    raw: SlotRef,
-    _type: PhantomData<fn() -> T>,
+crate::typed::typed_handle! {
+    /// A handle to a channel of `T`s: 16 bytes, `Copy` and `Pod`, like every
+    /// handle (null value, `to_bytes`/`from_bytes`, checked on use).
+    ChannelHandle
 }
-
-impl<T> ChannelHandle<T> {
-    /// The null handle: using it is [`Error::NullHandle`].
-    pub const NULL: ChannelHandle<T> = ChannelHandle {
-        raw: SlotRef::NULL,
-        _type: PhantomData,
-    };
-
-    /// Whether this is [`ChannelHandle::NULL`].
-    pub fn is_null(self) -> bool {
-        self.raw.is_null()
-    }
-
-    /// A handle over a raw one (checked when used).
-    pub fn from_raw(raw: SlotRef) -> Self {
-        ChannelHandle {
-            raw,
-            _type: PhantomData,
-        }
-    }
-
-    /// The untyped handle of the channel's slot.
-    pub fn raw(self) -> SlotRef {
-        self.raw
-    }
-
-    /// The handle as 16 bytes.
-    pub fn to_bytes(self) -> [u8; 16] {
-        self.raw.to_bytes()
-    }
-
-    /// A handle from 16 bytes (checked when used).
-    pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self::from_raw(SlotRef::from_bytes(bytes))
-    }
-}
-
-impl<T> Default for ChannelHandle<T> {
-    /// [`ChannelHandle::NULL`].
-    fn default() -> Self {
-        Self::NULL
-    }
-}
-impl<T> Clone for ChannelHandle<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for ChannelHandle<T> {}
-impl<T> PartialEq for ChannelHandle<T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.raw == other.raw
-    }
-}
-impl<T> Eq for ChannelHandle<T> {}
-impl<T> std::fmt::Debug for ChannelHandle<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "ChannelHandle<{}>({:?})",
-            std::any::type_name::<T>(),
-            self.raw
-        )
-    }
-}
-impl<T> From<ChannelHandle<T>> for SlotRef {
-    fn from(h: ChannelHandle<T>) -> SlotRef {
-        h.raw
-    }
-}
-// SAFETY: `repr(transparent)` over `SlotRef` (Pod) plus a zero-sized marker.
-unsafe impl<T: 'static> Zeroable for ChannelHandle<T> {}
-// SAFETY: as above: no padding, no pointers, any bytes are a valid value.
-unsafe impl<T: 'static> Pod for ChannelHandle<T> {}
 
 /// Marks a channel root's schema ("CHANNEL" in ASCII).
 const CHANNEL_TAG: u64 = 0x4348_414e_4e45_4c00;

@@ -60,92 +60,16 @@ use crate::format::SlotRef;
 use crate::pool::cell::{self, Held, RawCell};
 use crate::slab::Slab;
 use crate::typed::{RootType, Schema, root_type, tagged};
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Pod;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-/// A handle to a locked value of type `T` in a segment: 16 bytes, `Copy`
-/// and `Pod`, like every handle (null value, `to_bytes`/`from_bytes`,
-/// checked on use).
-#[repr(transparent)]
-pub struct Locked<T> {
-    raw: SlotRef,
-    _type: PhantomData<fn() -> T>,
+crate::typed::typed_handle! {
+    /// A handle to a locked value of type `T` in a segment: 16 bytes, `Copy`
+    /// and `Pod`, like every handle (null value, `to_bytes`/`from_bytes`,
+    /// checked on use).
+    Locked
 }
-
-impl<T> Locked<T> {
-    /// The null handle: using it is [`Error::NullHandle`](crate::Error::NullHandle).
-    pub const NULL: Locked<T> = Locked {
-        raw: SlotRef::NULL,
-        _type: PhantomData,
-    };
-
-    /// Whether this is [`Locked::NULL`].
-    pub fn is_null(self) -> bool {
-        self.raw.is_null()
-    }
-
-    /// A handle over a raw one (checked when used).
-    pub fn from_raw(raw: SlotRef) -> Self {
-        Locked {
-            raw,
-            _type: PhantomData,
-        }
-    }
-
-    /// The untyped handle of the value's slot.
-    pub fn raw(self) -> SlotRef {
-        self.raw
-    }
-
-    /// The handle as 16 bytes.
-    pub fn to_bytes(self) -> [u8; 16] {
-        self.raw.to_bytes()
-    }
-
-    /// A handle from 16 bytes (checked when used).
-    pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self::from_raw(SlotRef::from_bytes(bytes))
-    }
-}
-
-impl<T> Default for Locked<T> {
-    /// [`Locked::NULL`].
-    fn default() -> Self {
-        Self::NULL
-    }
-}
-impl<T> Clone for Locked<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<T> Copy for Locked<T> {}
-impl<T> PartialEq for Locked<T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.raw == other.raw
-    }
-}
-impl<T> Eq for Locked<T> {}
-impl<T> std::hash::Hash for Locked<T> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.raw.hash(state)
-    }
-}
-impl<T> std::fmt::Debug for Locked<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Locked<{}>({:?})", std::any::type_name::<T>(), self.raw)
-    }
-}
-impl<T> From<Locked<T>> for SlotRef {
-    fn from(h: Locked<T>) -> SlotRef {
-        h.raw
-    }
-}
-// SAFETY: `repr(transparent)` over `SlotRef` (Pod) plus a zero-sized marker.
-unsafe impl<T: 'static> Zeroable for Locked<T> {}
-// SAFETY: as above: no padding, no pointers, any bytes are a valid value.
-unsafe impl<T: 'static> Pod for Locked<T> {}
 
 /// The lock of a [`Locked<T>`], held, with a private copy of the value:
 /// `Deref`/`DerefMut` to it. Changes are committed (crash-atomically) when

@@ -96,103 +96,126 @@ pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// A handle to one `T` in a segment: 16 bytes, `Copy`, and itself `Pod`, so
-/// it can be sent through a pipe or stored inside another slot. It means the
-/// same slot in every process attached to the segment, and every use checks
-/// it (segment, slot, generation), so a forged or stale handle is an error.
-///
-/// ```
-/// # let dir = tempfile::tempdir()?;
-/// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
-/// use shmslab::Handle;
-/// let h: Handle<u64> = slab.alloc(7u64)?;
-/// let wire: [u8; 16] = h.to_bytes();            // send it anywhere
-/// let back = Handle::<u64>::from_bytes(wire);
-/// assert_eq!(slab.read(back)?, 7);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-#[repr(transparent)]
-pub struct Handle<T> {
-    raw: SlotRef,
-    _type: PhantomData<fn() -> T>,
-}
-
-impl<T> Handle<T> {
-    /// The null handle: never made by an allocation, so using it is
-    /// [`Error::NullHandle`]. Also what [`Default`] and zeroed bytes give,
-    /// which makes it the natural "empty" entry of a table of handles.
-    pub const NULL: Handle<T> = Handle {
-        raw: SlotRef::NULL,
-        _type: PhantomData,
-    };
-
-    /// Whether this is [`Handle::NULL`].
-    pub fn is_null(self) -> bool {
-        self.raw.is_null()
-    }
-
-    /// A typed handle over a raw one (checked when used).
-    pub fn from_raw(raw: SlotRef) -> Self {
-        Handle {
-            raw,
-            _type: PhantomData,
+/// The common part of every typed 16-byte handle (`Handle<T>`,
+/// `Locked<T>`, `ChannelHandle<T>`): a `repr(transparent)` `SlotRef` with a
+/// type marker, `NULL`/`is_null`/`Default`, `from_raw`/`raw`,
+/// `to_bytes`/`from_bytes`, the value traits, `Into<SlotRef>` and `Pod`.
+/// One definition, so the handle vocabulary cannot drift between them.
+macro_rules! typed_handle {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[repr(transparent)]
+        pub struct $name<T> {
+            raw: $crate::format::SlotRef,
+            _type: ::std::marker::PhantomData<fn() -> T>,
         }
-    }
 
-    /// The untyped handle.
-    pub fn raw(self) -> SlotRef {
-        self.raw
-    }
+        impl<T> $name<T> {
+            /// The null handle: never made by an allocation, so using it is
+            /// [`Error::NullHandle`](crate::Error::NullHandle). Also what
+            /// [`Default`] and zeroed bytes give, which makes it the natural
+            /// "empty" entry of a table of handles.
+            pub const NULL: $name<T> = $name {
+                raw: $crate::format::SlotRef::NULL,
+                _type: ::std::marker::PhantomData,
+            };
 
-    /// The handle as 16 bytes.
-    pub fn to_bytes(self) -> [u8; 16] {
-        self.raw.to_bytes()
-    }
+            /// Whether this is the null handle.
+            pub fn is_null(self) -> bool {
+                self.raw.is_null()
+            }
 
-    /// A handle from 16 bytes (checked when used).
-    pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self::from_raw(SlotRef::from_bytes(bytes))
-    }
-}
+            /// A typed handle over a raw one (checked when used).
+            pub fn from_raw(raw: $crate::format::SlotRef) -> Self {
+                $name {
+                    raw,
+                    _type: ::std::marker::PhantomData,
+                }
+            }
 
-impl<T> Default for Handle<T> {
-    /// [`Handle::NULL`].
-    fn default() -> Self {
-        Self::NULL
-    }
+            /// The untyped handle of the slot.
+            pub fn raw(self) -> $crate::format::SlotRef {
+                self.raw
+            }
+
+            /// The handle as 16 bytes.
+            pub fn to_bytes(self) -> [u8; 16] {
+                self.raw.to_bytes()
+            }
+
+            /// A handle from 16 bytes (checked when used).
+            pub fn from_bytes(bytes: [u8; 16]) -> Self {
+                Self::from_raw($crate::format::SlotRef::from_bytes(bytes))
+            }
+        }
+
+        impl<T> Default for $name<T> {
+            /// The null handle.
+            fn default() -> Self {
+                Self::NULL
+            }
+        }
+        impl<T> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<T> Copy for $name<T> {}
+        impl<T> PartialEq for $name<T> {
+            fn eq(&self, other: &Self) -> bool {
+                self.raw == other.raw
+            }
+        }
+        impl<T> Eq for $name<T> {}
+        impl<T> ::std::hash::Hash for $name<T> {
+            fn hash<H: ::std::hash::Hasher>(&self, state: &mut H) {
+                self.raw.hash(state)
+            }
+        }
+        impl<T> ::std::fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                write!(
+                    f,
+                    "{}<{}>({:?})",
+                    stringify!($name),
+                    ::std::any::type_name::<T>(),
+                    self.raw
+                )
+            }
+        }
+        impl<T> From<$name<T>> for $crate::format::SlotRef {
+            fn from(h: $name<T>) -> $crate::format::SlotRef {
+                h.raw
+            }
+        }
+        // SAFETY: `repr(transparent)` over `SlotRef` (Pod) plus a zero-sized
+        // marker; all-zero bytes are a valid (if invalid-to-use) handle.
+        unsafe impl<T: 'static> ::bytemuck::Zeroable for $name<T> {}
+        // SAFETY: as above: no padding, no pointers, any bytes are a valid
+        // value.
+        unsafe impl<T: 'static> ::bytemuck::Pod for $name<T> {}
+    };
 }
-impl<T> Clone for Handle<T> {
-    fn clone(&self) -> Self {
-        *self
-    }
+pub(crate) use typed_handle;
+
+typed_handle! {
+    /// A handle to one `T` in a segment: 16 bytes, `Copy`, and itself `Pod`, so
+    /// it can be sent through a pipe or stored inside another slot. It means the
+    /// same slot in every process attached to the segment, and every use checks
+    /// it (segment, slot, generation), so a forged or stale handle is an error.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// use shmslab::Handle;
+    /// let h: Handle<u64> = slab.alloc(7u64)?;
+    /// let wire: [u8; 16] = h.to_bytes();            // send it anywhere
+    /// let back = Handle::<u64>::from_bytes(wire);
+    /// assert_eq!(slab.read(back)?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    Handle
 }
-impl<T> Copy for Handle<T> {}
-impl<T> PartialEq for Handle<T> {
-    fn eq(&self, other: &Self) -> bool {
-        self.raw == other.raw
-    }
-}
-impl<T> Eq for Handle<T> {}
-impl<T> std::hash::Hash for Handle<T> {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.raw.hash(state)
-    }
-}
-impl<T> std::fmt::Debug for Handle<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Handle<{}>({:?})", std::any::type_name::<T>(), self.raw)
-    }
-}
-impl<T> From<Handle<T>> for SlotRef {
-    fn from(h: Handle<T>) -> SlotRef {
-        h.raw
-    }
-}
-// SAFETY: `Handle<T>` is `repr(transparent)` over `SlotRef` (Pod) plus a
-// zero-sized marker; all-zero bytes are a valid (if invalid-to-use) handle.
-unsafe impl<T: 'static> Zeroable for Handle<T> {}
-// SAFETY: as above: no padding, no pointers, any bytes are a valid value.
-unsafe impl<T: 'static> Pod for Handle<T> {}
 
 /// A handle to `len` consecutive `T`s in one slot: 24 bytes, `Copy`, `Pod`.
 ///
