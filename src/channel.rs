@@ -60,9 +60,12 @@
 //! resolves what a dead one left.
 //!
 //! A `Channel` is a checked view, like the atomics' (see
-//! [`crate::atomics`]): kept across a free of the channel's slot it acts on
-//! the slot's next life (its header is checked again, so that is a
-//! `Corrupt` error, not undefined behaviour).
+//! [`crate::atomics`]), but every operation checks its handle again, so one
+//! kept across a free of the channel's slot gets `StaleHandle` rather than
+//! acting on the slot's next life. The operations that clean up (ack, put
+//! back, close, redelivery, `reclaim_dead`) wait at most 20 s for a live
+//! holder of the channel's lock (a stopped process, a forged word), then
+//! return `Corrupt`.
 
 use crate::error::{Error, Result};
 use crate::format::SlotRef;
@@ -98,6 +101,7 @@ pub(crate) fn channel_root<T>() -> RootType {
 /// A channel in the mapping, checked: what [`Slab::channel`] gives.
 pub struct Channel<'a, T> {
     slab: &'a Slab,
+    handle: SlotRef,
     raw: RawChannel<'a>,
     _type: PhantomData<fn() -> T>,
 }
@@ -192,7 +196,9 @@ impl<T: Pod> Delivery<'_, T> {
         };
         let (slab, raw) = (self.channel.slab, self.channel.raw);
         let pool = slab.pool()?;
-        let held = raw.lock(pool, slab.me, None)?.ok_or_else(no_lock)?;
+        let held = raw
+            .lock(pool, slab.me, Some(hold_limit()))?
+            .ok_or_else(lock_held_too_long)?;
         let r = raw.ack(pool, &held, slab.me, &t);
         raw.unlock(held);
         let slot = r?;
@@ -211,7 +217,7 @@ impl<T: Pod> Drop for Delivery<'_, T> {
         let Ok(pool) = slab.pool() else {
             return;
         };
-        if let Ok(Some(held)) = raw.lock(pool, slab.me, None) {
+        if let Ok(Some(held)) = raw.lock(pool, slab.me, Some(hold_limit())) {
             let _ = raw.nack(&held, &t);
             raw.unlock(held);
             self.channel.bell(channel::RECV_BELL).notify_one();
@@ -221,6 +227,22 @@ impl<T: Pod> Drop for Delivery<'_, T> {
 
 fn no_lock() -> Error {
     Error::corrupt("a wait without a deadline did not take the channel's lock")
+}
+
+/// How long the operations that clean up (ack, put back, close,
+/// redelivery, reclaim) wait for a live holder of the channel's lock: a
+/// holder stopped (SIGSTOP) or a word a peer forged must not hang them.
+const HOLD_LIMIT: Duration = Duration::from_secs(20);
+
+fn hold_limit() -> Instant {
+    Instant::now() + HOLD_LIMIT
+}
+
+#[cold]
+fn lock_held_too_long() -> Error {
+    Error::corrupt(format!(
+        "a channel's lock has been held by a live process for over {HOLD_LIMIT:?}"
+    ))
 }
 
 /// How often a waiting receiver looks for messages of dead receivers.
@@ -238,6 +260,9 @@ impl<'a, T: Pod> Channel<'a, T> {
         f: impl FnOnce(&RawChannel<'a>, &channel::ChannelHold) -> Result<R>,
     ) -> Result<Option<R>> {
         let pool = self.slab.pool()?;
+        // The channel's slot still live (a view kept across a free of it
+        // must not write into the slot's next life).
+        pool.live_words(&self.handle, 0)?;
         let Some(held) = self.raw.lock(pool, self.slab.me, deadline)? else {
             return Ok(None);
         };
@@ -260,14 +285,16 @@ impl<'a, T: Pod> Channel<'a, T> {
                 self.bell(channel::RECV_BELL).notify_one();
                 return Ok(true);
             }
+            // At most REDELIVERY_LOOK at a time: room made by a dead
+            // receiver's cleanup (the next holder's resolve) sends no wake.
             let left = match deadline {
-                None => None,
+                None => REDELIVERY_LOOK,
                 Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
+                    Some(left) if !left.is_zero() => left.min(REDELIVERY_LOOK),
                     _ => return Ok(false),
                 },
             };
-            room.wait_since(ticket, left);
+            room.wait_since(ticket, Some(left));
         }
     }
 
@@ -374,10 +401,11 @@ impl<'a, T: Pod> Channel<'a, T> {
     /// Closes the channel: sends fail with `ChannelClosed`; receivers drain
     /// what is queued, then get `ChannelClosed`. Wakes every waiter.
     pub fn close(&self) -> Result<()> {
-        self.locked(None, |raw, held| {
+        self.locked(Some(hold_limit()), |raw, held| {
             raw.close(held);
             Ok(())
-        })?;
+        })?
+        .ok_or_else(lock_held_too_long)?;
         self.bell(channel::RECV_BELL).notify_all();
         self.bell(channel::SEND_BELL).notify_all();
         Ok(())
@@ -393,8 +421,10 @@ impl<'a, T: Pod> Channel<'a, T> {
     pub fn redeliver_dead(&self) -> Result<usize> {
         let pool = self.slab.pool()?;
         let n = self
-            .locked(None, |raw, _| raw.redeliver_dead(pool, self.slab.me))?
-            .unwrap_or(0);
+            .locked(Some(hold_limit()), |raw, _| {
+                raw.redeliver_dead(pool, self.slab.me)
+            })?
+            .ok_or_else(lock_held_too_long)?;
         if n > 0 {
             self.bell(channel::RECV_BELL).notify_all();
         }
@@ -433,7 +463,7 @@ impl Slab {
             let Ok(raw) = RawChannel::open(words, root.fingerprint.size as usize) else {
                 continue;
             };
-            if let Some(held) = raw.lock(pool, self.me, None)? {
+            if let Some(held) = raw.lock(pool, self.me, Some(hold_limit()))? {
                 let r = raw.redeliver_dead(pool, self.me);
                 raw.unlock(held);
                 let k = r?;
@@ -505,6 +535,7 @@ impl Slab {
         let words = pool.live_words(&handle.raw, size / 8)?;
         Ok(Channel {
             slab: self,
+            handle: handle.raw(),
             raw: RawChannel::open(words, size_of::<T>())?,
             _type: PhantomData,
         })

@@ -387,7 +387,11 @@ impl<'a> RawChannel<'a> {
         self.set_head_len(head, len + 1);
         crash_point("chan.send.entry_written");
         if !slot.is_null() {
-            pool.set_owner(&slot, 0)?;
+            if let Err(e) = pool.set_owner(&slot, 0) {
+                // Freed meanwhile (by a racing free): the entry is not sent.
+                self.set_head_len(head, len);
+                return Err(e);
+            }
         }
         crash_point("chan.send.handed_over");
         self.set_state(i, EntryState::Queued, 0);
@@ -454,7 +458,15 @@ impl<'a> RawChannel<'a> {
         self.set_state(i, EntryState::Acking, redeliveries);
         crash_point("chan.ack.acking");
         if !t.slot.is_null() {
-            pool.set_owner(&t.slot, me.id)?;
+            if let Err(e) = pool.set_owner(&t.slot, me.id) {
+                // The slot was freed behind the channel's back: the message
+                // is done all the same (else the entry would hold its room
+                // for ever).
+                self.set_state(i, EntryState::Done, redeliveries);
+                self.bump(ACKED);
+                self.drop_done()?;
+                return Err(e);
+            }
         }
         crash_point("chan.ack.adopted");
         self.set_state(i, EntryState::Done, redeliveries);
