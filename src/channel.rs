@@ -194,14 +194,14 @@ impl<T: Pod> Delivery<'_, T> {
         let Some(t) = self.taken.take() else {
             return Ok(SlotRef::NULL);
         };
-        let (slab, raw) = (self.channel.slab, self.channel.raw);
+        let slab = self.channel.slab;
         let pool = slab.pool()?;
-        let held = raw
-            .lock(pool, slab.me, Some(hold_limit()))?
+        let slot = self
+            .channel
+            .locked(Some(hold_limit()), |raw, held| {
+                raw.ack(pool, held, slab.me, &t)
+            })?
             .ok_or_else(lock_held_too_long)?;
-        let r = raw.ack(pool, &held, slab.me, &t);
-        raw.unlock(held);
-        let slot = r?;
         self.channel.bell(channel::SEND_BELL).notify_one();
         Ok(slot)
     }
@@ -213,13 +213,10 @@ impl<T: Pod> Drop for Delivery<'_, T> {
             return;
         };
         // Put back (a forked child's copy leaves it to the parent).
-        let (slab, raw) = (self.channel.slab, self.channel.raw);
-        let Ok(pool) = slab.pool() else {
-            return;
-        };
-        if let Ok(Some(held)) = raw.lock(pool, slab.me, Some(hold_limit())) {
-            let _ = raw.nack(&held, &t);
-            raw.unlock(held);
+        let put_back = self
+            .channel
+            .locked(Some(hold_limit()), |raw, held| raw.nack(held, &t));
+        if let Ok(Some(())) = put_back {
             self.channel.bell(channel::RECV_BELL).notify_one();
         }
     }
@@ -463,18 +460,23 @@ impl Slab {
             let Ok(raw) = RawChannel::open(words, root.fingerprint.size as usize) else {
                 continue;
             };
-            if let Some(held) = raw.lock(pool, self.me, Some(hold_limit()))? {
-                let r = raw.redeliver_dead(pool, self.me);
-                raw.unlock(held);
-                let k = r?;
-                if k > 0 {
-                    Notifier::from_raw(RawNotifier::new(std::slice::from_ref(
-                        raw.word(channel::RECV_BELL),
-                    )))
-                    .notify_all();
-                }
-                n += k;
+            // One bad channel (junk, a stopped holder) must not cost the
+            // others their redelivery: it is skipped (check reports it).
+            let Ok(Some(held)) = raw.lock(pool, self.me, Some(hold_limit())) else {
+                continue;
+            };
+            let r = raw.redeliver_dead(pool, self.me);
+            raw.unlock(held);
+            let Ok(k) = r else {
+                continue;
+            };
+            if k > 0 {
+                Notifier::from_raw(RawNotifier::new(std::slice::from_ref(
+                    raw.word(channel::RECV_BELL),
+                )))
+                .notify_all();
             }
+            n += k;
         }
         Ok(n)
     }

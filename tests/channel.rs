@@ -1967,3 +1967,40 @@ fn a_channel_kept_across_a_free_of_its_slot_is_stale_not_a_write_into_the_next_l
         "the stale view wrote into another allocation"
     );
 }
+
+/// Regression (review): `send_slot` took any live slot, so a slot sent
+/// twice (or a persisted one, or another process's) was carried by two
+/// messages: one receiver's ack freed it under the other. Only the sender's
+/// own slot can be handed over now.
+#[test]
+fn a_slot_that_is_not_the_senders_own_is_refused() {
+    let (_dir, path, slab) = new_segment("refused-slot.shm");
+    let other = Slab::attach(&path).unwrap();
+    let h = slab.alloc_channel::<Handle<u64>>(4).unwrap();
+    let ch = slab.channel(h).unwrap();
+    let job = slab.alloc(1u64).unwrap();
+    ch.send_slot(job).unwrap();
+    let twice = ch.send_slot(job);
+    assert!(
+        matches!(twice, Err(Error::InvalidHandle { .. })),
+        "{twice:?}"
+    );
+    let kept = slab.alloc(2u64).unwrap();
+    slab.persist(kept).unwrap();
+    assert!(matches!(
+        ch.send_slot(kept),
+        Err(Error::InvalidHandle { .. })
+    ));
+    let theirs = other.alloc(3u64).unwrap();
+    assert!(matches!(
+        ch.send_slot(theirs),
+        Err(Error::InvalidHandle { .. })
+    ));
+    assert_eq!(ch.stats().unwrap().queued, 1, "only the first send counted");
+    let d = ch.recv().unwrap();
+    assert_eq!(d.value(), job);
+    d.ack().unwrap();
+    assert!(ch.try_recv().unwrap().is_none());
+    slab.free(kept).unwrap();
+    other.free(theirs).unwrap();
+}

@@ -165,6 +165,11 @@ pub(crate) struct RawChannel<'a> {
 /// The channel's lock, held.
 pub(crate) struct ChannelHold(CellHold);
 
+/// The owner id (peer row + 1) of the holder of `held`.
+fn me_id(held: &ChannelHold) -> u32 {
+    held.0.token as u32
+}
+
 impl<'a> RawChannel<'a> {
     /// The channel over `words` (the whole slot) for values of `size`
     /// bytes, checking its header against the slot: `Corrupt` if it is not
@@ -282,7 +287,9 @@ impl<'a> RawChannel<'a> {
         let hold = ChannelHold(hold);
         if hold.0.recovered {
             if let Err(e) = self.resolve(pool) {
-                self.unlock(hold);
+                // Released as a dead holder's, so the next holder resolves
+                // again rather than never.
+                lock::release_cell_poisoned(self.lock_words(), &hold.0);
                 return Err(e);
             }
         }
@@ -373,8 +380,13 @@ impl<'a> RawChannel<'a> {
             return Ok(false);
         }
         if !slot.is_null() {
-            // A live slot, or the message would carry a dangling handle.
-            pool.live_words(&slot, 0)?;
+            // A live slot of the sender's, or the message would carry a
+            // dangling or a stolen handle.
+            if pool.slot_owner(&slot)? != Some(me_id(held)) {
+                return Err(Error::InvalidHandle {
+                    why: "a message's slot must be a live slot of the sender's",
+                });
+            }
         }
         let i = (head + len) % self.cap;
         let e = self.entry(i);
@@ -387,8 +399,11 @@ impl<'a> RawChannel<'a> {
         self.set_head_len(head, len + 1);
         crash_point("chan.send.entry_written");
         if !slot.is_null() {
-            if let Err(e) = pool.set_owner(&slot, 0) {
-                // Freed meanwhile (by a racing free): the entry is not sent.
+            // Only the sender's own slot: one already handed to a channel
+            // (this or another), persisted or another process's would end
+            // up carried twice.
+            if let Err(e) = pool.hand_over(&slot, me_id(held), 0) {
+                // Not sent: the entry is taken back.
                 self.set_head_len(head, len);
                 return Err(e);
             }
@@ -458,13 +473,19 @@ impl<'a> RawChannel<'a> {
         self.set_state(i, EntryState::Acking, redeliveries);
         crash_point("chan.ack.acking");
         if !t.slot.is_null() {
-            if let Err(e) = pool.set_owner(&t.slot, me.id) {
-                // The slot was freed behind the channel's back: the message
-                // is done all the same (else the entry would hold its room
-                // for ever).
-                self.set_state(i, EntryState::Done, redeliveries);
-                self.bump(ACKED);
-                self.drop_done()?;
+            if let Err(e) = pool.hand_over(&t.slot, 0, me.id) {
+                if pool.slot_owner(&t.slot).ok().flatten().is_none() {
+                    // The slot was freed behind the channel's back: the
+                    // message is done all the same (else the entry would
+                    // hold its room for ever).
+                    self.set_state(i, EntryState::Done, redeliveries);
+                    self.bump(ACKED);
+                    self.drop_done()?;
+                } else {
+                    // Its owner word churning (a peer writing it): back in
+                    // flight, for a later ack or a redelivery.
+                    self.set_state(i, EntryState::InFlight, redeliveries);
+                }
                 return Err(e);
             }
         }
@@ -497,7 +518,7 @@ impl<'a> RawChannel<'a> {
     pub(crate) fn redeliver_dead<M: Memory>(&self, pool: &Pool<M>, me: Owner) -> Result<usize> {
         let (head, len) = self.head_len()?;
         let mut n = 0;
-        let mut judged: Vec<(u64, bool)> = Vec::new();
+        let mut judged: std::collections::HashMap<u64, bool> = std::collections::HashMap::new();
         for k in 0..len {
             let i = (head + k) % self.cap;
             let (state, redeliveries) = self.state(i)?;
@@ -508,13 +529,13 @@ impl<'a> RawChannel<'a> {
             if token == me.token {
                 continue;
             }
-            let dead = match judged.iter().find(|(t, _)| *t == token) {
-                Some(&(_, d)) => d,
+            let dead = match judged.get(&token) {
+                Some(&d) => d,
                 None => {
                     let d = pool
                         .liveness
                         .token_dead(&pool.mem, &pool.geo, token, true)?;
-                    judged.push((token, d));
+                    judged.insert(token, d);
                     d
                 }
             };

@@ -566,6 +566,18 @@ pub(crate) fn release_cell(lock: CellLockWords<'_>, hold: &CellHold) {
 #[cfg(not(loom))]
 const PARK_AFTER: u32 = 8;
 
+/// Releases a value lock as its holder's death would leave it (a token no
+/// live peer has), so the next holder is told to repair: for a repair that
+/// failed.
+pub(crate) fn release_cell_poisoned(lock: CellLockWords<'_>, hold: &CellHold) {
+    let _ = lock
+        .word
+        .compare_exchange(hold.token, POISONED, Ordering::SeqCst, Ordering::Relaxed);
+    if lock.parked.load(Ordering::SeqCst) & !WAKING != 0 {
+        crate::sync::unpark(lock.word, u32::MAX);
+    }
+}
+
 /// In a value lock's `parked` word: a wake-up sent and not yet taken up.
 /// The low bits count the parked waiters.
 const WAKING: u64 = 1 << 63;

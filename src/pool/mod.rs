@@ -469,6 +469,27 @@ impl<M: Memory> Pool<M> {
         })
     }
 
+    /// Hands the live slot `h` names from owner `from` to owner `to`, only
+    /// if `from` owns it now: `InvalidHandle` if someone else does (a slot
+    /// already handed to a channel, persisted, or another process's).
+    pub(crate) fn hand_over(&self, h: &SlotRef, from: u32, to: u32) -> Result<()> {
+        let (_, _, addr) = self.check_ref(h)?;
+        let w = self.meta(addr);
+        let cur = w.load(Ordering::Acquire);
+        check_live(Meta(cur), h, false)?;
+        if Meta(cur).payload() != from {
+            return Err(invalid("the slot is not the sender's to hand over"));
+        }
+        let next = Meta::new(h.generation, SlotState::Allocated, to).0;
+        match w.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(()),
+            Err(now) => {
+                check_live(Meta(now), h, false)?;
+                Err(invalid("the slot's owner changed while it was handed over"))
+            }
+        }
+    }
+
     /// Compare-and-swaps the word of the live slot `h` names (at `addr`) to
     /// `to(word)`, retrying while only its owner field changes under us: of
     /// two racers, the second sees the slot no longer live and fails.
