@@ -73,6 +73,7 @@ use crate::notifier::Notifier;
 use crate::pool::channel::{self, RawChannel, Taken};
 use crate::pool::notify::RawNotifier;
 use crate::slab::Slab;
+use crate::sync::{deadline_after, nap_until};
 use crate::typed::{RootType, fnv1a};
 use bytemuck::Pod;
 use std::marker::PhantomData;
@@ -284,14 +285,10 @@ impl<'a, T: Pod> Channel<'a, T> {
             }
             // At most REDELIVERY_LOOK at a time: room made by a dead
             // receiver's cleanup (the next holder's resolve) sends no wake.
-            let left = match deadline {
-                None => REDELIVERY_LOOK,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(REDELIVERY_LOOK),
-                    _ => return Ok(false),
-                },
+            let Some(nap) = nap_until(deadline, REDELIVERY_LOOK) else {
+                return Ok(false);
             };
-            room.wait_since(ticket, Some(left));
+            room.wait_since(ticket, Some(nap));
         }
     }
 
@@ -315,7 +312,7 @@ impl<'a, T: Pod> Channel<'a, T> {
     /// Sends `value`, waiting at most `timeout` for room; `false` if there
     /// was none.
     pub fn send_timeout(&self, value: T, timeout: Duration) -> Result<bool> {
-        self.send_until(value, SlotRef::NULL, Instant::now().checked_add(timeout))
+        self.send_until(value, SlotRef::NULL, deadline_after(Some(timeout)))
     }
 
     /// Sends a handle and hands the slot it names to the channel (waiting
@@ -360,14 +357,10 @@ impl<'a, T: Pod> Channel<'a, T> {
                     taken: Some(t),
                 }));
             }
-            let left = match deadline {
-                None => REDELIVERY_LOOK,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(REDELIVERY_LOOK),
-                    _ => return Ok(None),
-                },
+            let Some(nap) = nap_until(deadline, REDELIVERY_LOOK) else {
+                return Ok(None);
             };
-            ready.wait_since(ticket, Some(left));
+            ready.wait_since(ticket, Some(nap));
         }
     }
 
@@ -384,7 +377,7 @@ impl<'a, T: Pod> Channel<'a, T> {
 
     /// Receives a message, waiting at most `timeout`.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Option<Delivery<'a, T>>> {
-        self.recv_until(Instant::now().checked_add(timeout))
+        self.recv_until(deadline_after(Some(timeout)))
     }
 
     /// Receives and acknowledges at once (at-most-once): the value, and the

@@ -59,6 +59,7 @@ use crate::error::Result;
 use crate::format::SlotRef;
 use crate::pool::cell::{self, Held, RawCell};
 use crate::slab::Slab;
+use crate::sync::deadline_after;
 use crate::typed::{RootType, Schema, root_type, tagged};
 use bytemuck::Pod;
 use std::marker::PhantomData;
@@ -129,7 +130,7 @@ impl<T: Pod> LockedGuard<'_, T> {
         mut condition: impl FnMut(&T) -> bool,
         timeout: Option<Duration>,
     ) -> Result<(Self, bool)> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let deadline = deadline_after(timeout);
         loop {
             if !condition(&self.value) {
                 return Ok((self, false));
@@ -352,7 +353,7 @@ impl<'a, T: Pod> LockedRef<'a, T> {
     /// As [`Slab::lock_timeout`].
     pub fn lock_timeout(self, timeout: Duration) -> Result<Option<LockedGuard<'a, T>>> {
         // A timeout past what an `Instant` can hold is no limit.
-        self.lock_until(Instant::now().checked_add(timeout))
+        self.lock_until(deadline_after(Some(timeout)))
     }
 
     /// As [`Slab::transact`]: the lock, `f` on a copy, the commit, the

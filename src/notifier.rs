@@ -47,9 +47,10 @@ use crate::error::Result;
 use crate::format::SlotRef;
 use crate::pool::notify::{self, RawNotifier};
 use crate::slab::Slab;
+use crate::sync::{deadline_after, nap_until};
 use crate::typed::{RootType, fnv1a};
 use bytemuck::{Pod, Zeroable};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A handle to a notifier in a segment: 16 bytes, `Copy` and `Pod`, like
 /// every handle (null value, `to_bytes`/`from_bytes`, checked on use).
@@ -130,8 +131,7 @@ impl Notifier<'_> {
     /// was made, or `timeout` passes (`None`: no limit). Returns whether a
     /// notify came; wake-ups without one are absorbed.
     pub fn wait_since(&self, ticket: Ticket, timeout: Option<Duration>) -> bool {
-        let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or(far_future()));
-        self.raw.wait(ticket.0, deadline)
+        self.raw.wait(ticket.0, deadline_after(timeout))
     }
 
     /// Parks until the next notify (one made after this call starts), or
@@ -150,20 +150,16 @@ impl Notifier<'_> {
         timeout: Option<Duration>,
         mut condition: impl FnMut() -> bool,
     ) -> bool {
-        let deadline = timeout.map(|t| Instant::now().checked_add(t).unwrap_or(far_future()));
+        let deadline = deadline_after(timeout);
         loop {
             let ticket = self.raw.ticket();
             if condition() {
                 return true;
             }
-            let left = match deadline {
-                None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return false,
-                },
-            };
-            self.wait_since(Ticket(ticket), left);
+            if nap_until(deadline, Duration::MAX).is_none() {
+                return false;
+            }
+            self.raw.wait(ticket, deadline);
         }
     }
 
@@ -181,12 +177,6 @@ impl Notifier<'_> {
     pub fn notify_all(&self) {
         self.raw.notify(true)
     }
-}
-
-/// A deadline far enough away to be "never" (an `Instant` cannot hold
-/// `Duration::MAX` past now).
-fn far_future() -> Instant {
-    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// What a notifier root records.

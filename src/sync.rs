@@ -187,6 +187,29 @@ pub(crate) fn unpark(word: &AtomicU64, n: u32) {
     }
 }
 
+/// The deadline `timeout` from now: `None` (no limit) for no timeout, or
+/// one past what an `Instant` can hold.
+pub(crate) fn deadline_after(timeout: Option<std::time::Duration>) -> Option<std::time::Instant> {
+    timeout.and_then(|t| std::time::Instant::now().checked_add(t))
+}
+
+/// How long the next park of a wait until `deadline` may last: what is
+/// left of it, at most `cap` (`cap` with no deadline); `None` once it has
+/// passed. Every bounded wait of the crate parks in such naps, so a missed
+/// wake-up or a holder's death is looked at again.
+pub(crate) fn nap_until(
+    deadline: Option<std::time::Instant>,
+    cap: std::time::Duration,
+) -> Option<std::time::Duration> {
+    match deadline {
+        None => Some(cap),
+        Some(d) => d
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|left| !left.is_zero())
+            .map(|left| left.min(cap)),
+    }
+}
+
 /// The address of the 32-bit half of `word` that holds its low bits.
 #[cfg(all(not(loom), not(miri)))]
 fn futex_half(word: &AtomicU64) -> *const u32 {

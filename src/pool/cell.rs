@@ -44,7 +44,9 @@ use crate::error::Result;
 use crate::fault::crash_point;
 use crate::format::Geometry;
 use crate::region::Memory;
-use crate::sync::{AtomicU64, Ordering, fence, load_from_words, park, store_to_words, unpark};
+use crate::sync::{
+    AtomicU64, Ordering, fence, load_from_words, nap_until, park, store_to_words, unpark,
+};
 use std::time::Instant;
 
 const LOCK: usize = 0;
@@ -245,12 +247,8 @@ impl<'a> RawCell<'a> {
             if state.load(Ordering::SeqCst) != seen {
                 break;
             }
-            let nap = match deadline {
-                None => std::time::Duration::from_secs(1),
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => left.min(std::time::Duration::from_secs(1)),
-                    _ => break,
-                },
+            let Some(nap) = nap_until(deadline, std::time::Duration::from_secs(1)) else {
+                break;
             };
             park(state, seen as u32, Some(nap));
         }

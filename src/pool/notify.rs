@@ -35,7 +35,7 @@
 //! outside the slot (the count wraps harmlessly; the sequence half is never
 //! carried into).
 
-use crate::sync::{AtomicU64, Ordering, park, unpark};
+use crate::sync::{AtomicU64, Ordering, nap_until, park, unpark};
 use std::time::{Duration, Instant};
 
 /// Words of a notifier's slot.
@@ -67,20 +67,12 @@ impl<'a> RawNotifier<'a> {
             if self.ticket() != ticket {
                 return true;
             }
-            let timeout = match deadline {
-                None => None,
-                Some(d) => match d.checked_duration_since(Instant::now()) {
-                    Some(left) if !left.is_zero() => Some(left),
-                    _ => return false,
-                },
+            let Some(nap) = nap_until(deadline, MAX_PARK) else {
+                return false;
             };
             let old = self.word.fetch_add(WAITER, Ordering::AcqRel);
             if old as u32 == ticket {
-                park(
-                    self.word,
-                    ticket,
-                    Some(timeout.map_or(MAX_PARK, |t| t.min(MAX_PARK))),
-                );
+                park(self.word, ticket, Some(nap));
             }
             self.word.fetch_sub(WAITER, Ordering::AcqRel);
         }
