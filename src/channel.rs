@@ -71,7 +71,6 @@ use crate::error::{Error, Result};
 use crate::format::SlotRef;
 use crate::notifier::Notifier;
 use crate::pool::channel::{self, RawChannel, Taken};
-use crate::pool::notify::RawNotifier;
 use crate::slab::Slab;
 use crate::sync::{deadline_after, nap_until};
 use crate::typed::{RootType, fnv1a};
@@ -248,7 +247,7 @@ const REDELIVERY_LOOK: Duration = Duration::from_millis(50);
 
 impl<'a, T: Pod> Channel<'a, T> {
     fn bell(&self, which: usize) -> Notifier<'a> {
-        Notifier::from_raw(RawNotifier::new(std::slice::from_ref(self.raw.word(which))))
+        Notifier::from_raw(self.raw.bell(which))
     }
 
     /// Runs `f` under the channel's lock.
@@ -444,13 +443,7 @@ impl Slab {
         let pool = self.pool()?;
         let mut n = 0;
         for root in self.roots()? {
-            let Ok(size) = pool.live_size(&root.handle) else {
-                continue;
-            };
-            let Ok(words) = pool.live_words(&root.handle, size as usize / 8) else {
-                continue;
-            };
-            let Ok(raw) = RawChannel::open(words, root.fingerprint.size as usize) else {
+            let Some(raw) = RawChannel::of_root(pool, &root.handle, root.fingerprint.size) else {
                 continue;
             };
             // One bad channel (junk, a stopped holder) must not cost the
@@ -464,10 +457,7 @@ impl Slab {
                 continue;
             };
             if k > 0 {
-                Notifier::from_raw(RawNotifier::new(std::slice::from_ref(
-                    raw.word(channel::RECV_BELL),
-                )))
-                .notify_all();
+                Notifier::from_raw(raw.bell(channel::RECV_BELL)).notify_all();
             }
             n += k;
         }

@@ -33,7 +33,7 @@ use crate::pool::{Owner, Pool};
 use crate::region::Memory;
 use crate::slab::Slab;
 use crate::sync::{AtomicU64, Ordering};
-use crate::typed::{RootInfo, list_roots};
+use crate::typed::list_roots;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -426,19 +426,6 @@ fn check_roots<M: Memory>(pool: &Pool<M>, report: &mut Report) {
     }
 }
 
-/// The channel a named root holds, if it is one: its slot is live and
-/// holds a channel header for values of the root type's size (the test
-/// `Slab::redeliver_in_root_channels` uses). `None` for any other root.
-pub(crate) fn root_channel<'p, M: Memory>(
-    pool: &'p Pool<M>,
-    root: &RootInfo,
-) -> Option<RawChannel<'p>> {
-    let size = pool.live_size(&root.handle).ok()?;
-    let words = pool.live_words(&root.handle, size as usize / 8).ok()?;
-    let value_size = usize::try_from(root.fingerprint.size).ok()?;
-    RawChannel::open(words, value_size).ok()
-}
-
 /// An error as a finding's problem: a `Corrupt` error's own words (without
 /// the advice to run the checker).
 fn problem_of(e: &Error) -> String {
@@ -472,7 +459,7 @@ fn check_channels<M: Memory>(pool: &Pool<M>, me: Option<Owner>, report: &mut Rep
         return Ok(());
     };
     for root in &roots {
-        let Some(raw) = root_channel(pool, root) else {
+        let Some(raw) = RawChannel::of_root(pool, &root.handle, root.fingerprint.size) else {
             continue;
         };
         let here = format!("channel {:?}", root.name);

@@ -13,6 +13,7 @@ use crate::check::{self, ClassCheck, Finding};
 use crate::error::Result;
 use crate::format::{FORMAT_VERSION, Geometry, SlotRef};
 use crate::peers;
+use crate::pool::channel::RawChannel;
 use crate::pool::{Liveness, Owner, Pool};
 use crate::region::Memory;
 use crate::region::RegionOptions;
@@ -195,7 +196,7 @@ pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
 fn channels<M: Memory>(pool: &Pool<M>, roots: &[RootInfo]) -> Result<Vec<ChannelSnapshot>> {
     let mut out = Vec::new();
     for root in roots {
-        let Some(raw) = check::root_channel(pool, root) else {
+        let Some(raw) = RawChannel::of_root(pool, &root.handle, root.fingerprint.size) else {
             continue;
         };
         let (Ok(counts), Ok(held)) = (raw.counts(), raw.held_slots()) else {

@@ -51,6 +51,7 @@
 
 use super::Pool;
 use super::lock::{self, CellHold, CellLockWords, Owner};
+use super::notify::RawNotifier;
 use crate::error::{Error, Result};
 use crate::fault::crash_point;
 use crate::format::SlotRef;
@@ -193,6 +194,27 @@ impl<'a> RawChannel<'a> {
         }
     }
 
+    /// The channel a named root holds, if it is one: its slot is live and
+    /// holds a channel header for values of the root type's size (how
+    /// `check`, `inspect` and `reclaim_dead` find channels). `None` for any
+    /// other root.
+    /// (`value_size`: the root fingerprint's size.)
+    pub(crate) fn of_root<M: Memory>(
+        pool: &'a Pool<M>,
+        handle: &SlotRef,
+        value_size: u64,
+    ) -> Option<Self> {
+        let size = pool.live_size(handle).ok()?;
+        let words = pool.live_words(handle, size as usize / 8).ok()?;
+        Self::open(words, usize::try_from(value_size).ok()?).ok()
+    }
+
+    /// One of the channel's two notifier words ([`RECV_BELL`],
+    /// [`SEND_BELL`]).
+    pub(crate) fn bell(&self, which: usize) -> RawNotifier<'a> {
+        RawNotifier::new(std::slice::from_ref(&self.words[which]))
+    }
+
     /// Writes a new, empty channel of `capacity` into `words` (a slot just
     /// allocated, not yet shared).
     pub(crate) fn init(words: &'a [AtomicU64], capacity: usize) {
@@ -205,10 +227,6 @@ impl<'a> RawChannel<'a> {
 
     pub(crate) fn capacity(&self) -> usize {
         self.cap
-    }
-
-    pub(crate) fn word(&self, i: usize) -> &'a AtomicU64 {
-        &self.words[i]
     }
 
     fn lock_words(&self) -> CellLockWords<'a> {
