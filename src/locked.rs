@@ -144,9 +144,7 @@ impl<T: Pod> LockedGuard<'_, T> {
             let pool = self.slab.pool()?;
             let held = self.held.take().expect("a guard holds its lock");
             let again = self.cell.wait_for_commit(
-                &pool.mem,
-                &pool.geo,
-                &pool.liveness,
+                pool,
                 self.slab.me,
                 held,
                 deadline,
@@ -320,9 +318,7 @@ impl<'a, T: Pod> LockedRef<'a, T> {
         let pool = self.slab.pool()?;
         let mut value = T::zeroed();
         let held = self.cell.lock(
-            &pool.mem,
-            &pool.geo,
-            &pool.liveness,
+            pool,
             self.slab.me,
             deadline,
             bytemuck::bytes_of_mut(&mut value),
@@ -363,14 +359,9 @@ impl<'a, T: Pod> LockedRef<'a, T> {
     pub fn transact<R>(self, f: impl FnOnce(&mut T) -> R) -> Result<R> {
         let pool = self.slab.pool()?;
         let mut value = T::zeroed();
-        let Some(held) = self.cell.lock(
-            &pool.mem,
-            &pool.geo,
-            &pool.liveness,
-            self.slab.me,
-            None,
-            bytemuck::bytes_of_mut(&mut value),
-        )?
+        let Some(held) =
+            self.cell
+                .lock(pool, self.slab.me, None, bytemuck::bytes_of_mut(&mut value))?
         else {
             unreachable!("a wait without a deadline takes the lock")
         };

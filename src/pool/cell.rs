@@ -39,10 +39,10 @@
 //! Every word is untrusted: whatever `STATE` holds, `STATE & 1` names a
 //! buffer inside the slot, and any bytes there are a valid `Pod` value.
 
-use super::lock::{self, CellHold, CellLockWords, Liveness, Owner};
+use super::Pool;
+use super::lock::{self, CellHold, CellLockWords, Owner};
 use crate::error::Result;
 use crate::fault::crash_point;
-use crate::format::Geometry;
 use crate::region::Memory;
 use crate::sync::{
     AtomicU64, Ordering, fence, load_from_words, nap_until, park, store_to_words, unpark,
@@ -129,14 +129,20 @@ impl<'a> RawCell<'a> {
     #[inline]
     pub(crate) fn lock<M: Memory>(
         &self,
-        mem: &M,
-        geo: &Geometry,
-        liveness: &Liveness,
+        pool: &Pool<M>,
         owner: Owner,
         deadline: Option<Instant>,
         value: &mut [u8],
     ) -> Result<Option<Held>> {
-        let Some(hold) = lock::acquire_cell(mem, geo, liveness, self.lock, owner, deadline)? else {
+        let Some(hold) = lock::acquire_cell(
+            &pool.mem,
+            &pool.geo,
+            &pool.liveness,
+            self.lock,
+            owner,
+            deadline,
+        )?
+        else {
             return Ok(None);
         };
         // Acquire: the buffer a commit made current is seen whole (pairs
@@ -225,12 +231,9 @@ impl<'a> RawCell<'a> {
     /// one it was taken at (or `deadline`), and takes it again (waiting for
     /// it as long as it takes), copying the value into `value`. The
     /// condition wait of `wait_while`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn wait_for_commit<M: Memory>(
         &self,
-        mem: &M,
-        geo: &Geometry,
-        liveness: &Liveness,
+        pool: &Pool<M>,
         owner: Owner,
         held: Held,
         deadline: Option<Instant>,
@@ -253,6 +256,6 @@ impl<'a> RawCell<'a> {
             park(state, seen as u32, Some(nap));
         }
         self.watchers.fetch_sub(1, Ordering::SeqCst);
-        self.lock(mem, geo, liveness, owner, None, value)
+        self.lock(pool, owner, None, value)
     }
 }

@@ -37,16 +37,9 @@ fn cell<'a>(p: &'a TestPool, h: &crate::format::SlotRef) -> RawCell<'a> {
 }
 
 fn lock(p: &TestPool, o: Owner, c: &RawCell<'_>, v: &mut Quad) -> super::cell::Held {
-    c.lock(
-        &p.mem,
-        &p.geo,
-        &p.liveness,
-        o,
-        None,
-        bytemuck::bytes_of_mut(v),
-    )
-    .unwrap()
-    .expect("no deadline")
+    c.lock(p, o, None, bytemuck::bytes_of_mut(v))
+        .unwrap()
+        .expect("no deadline")
 }
 
 #[test]
@@ -135,9 +128,7 @@ fn a_lock_held_by_a_live_peer_times_out_and_one_held_by_another_thread_of_ours_w
     let t = Instant::now();
     let got = c1
         .lock(
-            &p1.mem,
-            &p1.geo,
-            &p1.liveness,
+            p1,
             *o1,
             Some(t + Duration::from_millis(20)),
             bytemuck::bytes_of_mut(&mut v),
@@ -149,9 +140,7 @@ fn a_lock_held_by_a_live_peer_times_out_and_one_held_by_another_thread_of_ours_w
     // taken over as a dead holder's.
     let again = c0
         .lock(
-            &p0.mem,
-            &p0.geo,
-            &p0.liveness,
+            p0,
             *o0,
             Some(Instant::now() + Duration::from_millis(5)),
             bytemuck::bytes_of_mut(&mut v),
@@ -234,9 +223,7 @@ fn a_free_lock_named_for_a_live_process_that_never_takes_it_is_taken_after_a_whi
     // A try: a wait that is over takes a free lock whoever is named.
     let got = c0
         .lock(
-            &p0.mem,
-            &p0.geo,
-            &p0.liveness,
+            p0,
             *o0,
             Some(Instant::now()),
             bytemuck::bytes_of_mut(&mut v),
@@ -248,9 +235,7 @@ fn a_free_lock_named_for_a_live_process_that_never_takes_it_is_taken_after_a_whi
     let started = Instant::now();
     let held = c0
         .lock(
-            &p0.mem,
-            &p0.geo,
-            &p0.liveness,
+            p0,
             *o0,
             Some(started + Duration::from_secs(5)),
             bytemuck::bytes_of_mut(&mut v),

@@ -339,14 +339,7 @@ fn cell_of<'a>(p: &'a TestPool, h: &SlotRef) -> super::cell::RawCell<'a> {
 
 fn lock_cell(p: &TestPool, o: Owner, h: &SlotRef, v: &mut [u64; 2]) -> super::cell::Held {
     cell_of(p, h)
-        .lock(
-            &p.mem,
-            &p.geo,
-            &p.liveness,
-            o,
-            None,
-            bytemuck::bytes_of_mut(v),
-        )
+        .lock(p, o, None, bytemuck::bytes_of_mut(v))
         .unwrap()
         .expect("no deadline")
 }
