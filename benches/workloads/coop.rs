@@ -156,7 +156,7 @@ struct PthreadCell {
 }
 
 const _: () = assert!(RAW_PTHREAD + size_of::<PthreadCell>() <= RAW_BYTES);
-const _: () = assert!(RAW_PTHREAD % align_of::<PthreadCell>() == 0);
+const _: () = assert!(RAW_PTHREAD.is_multiple_of(align_of::<PthreadCell>()));
 
 struct RawMap {
     _map: MmapMut,
@@ -193,7 +193,7 @@ impl RawMap {
     }
 
     fn word(&self, at: usize) -> &AtomicU64 {
-        assert!(at % 8 == 0 && at + 8 <= RAW_BYTES);
+        assert!(at.is_multiple_of(8) && at + 8 <= RAW_BYTES);
         // SAFETY: in bounds and 8-aligned (the mapping starts on a page),
         // mapped while `self` lives; an atomic may alias memory that other
         // processes change.

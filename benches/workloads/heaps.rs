@@ -1,4 +1,4 @@
-//! The three allocators behind one small trait, so every workload is written
+//! The four allocators behind one small trait, so every workload is written
 //! once and monomorphised per allocator (no dynamic dispatch in the loops).
 //!
 //! - [`ShmHeap`]: shmslab through its safe API: `alloc_bytes`, then
@@ -7,7 +7,16 @@
 //!   with `ptr::write_volatile`/`read_volatile`: the in-process ceiling.
 //! - [`RtsHeap`]: rts-alloc 5.x, one `Allocator` (one worker) per thread or
 //!   process, with volatile accesses like malloc.
+//! - [`IceHeap`]: iceoryx2's `PoolAllocator` (iceoryx2-cal), in a
+//!   [`IcePool`] file mapped `MAP_SHARED`, with volatile accesses like malloc.
 
+use iceoryx2_bb_memory::bump_allocator::BumpAllocator;
+use iceoryx2_bb_memory::pool_allocator::{Allocate, Deallocate};
+use iceoryx2_cal::shm_allocator::pool_allocator::{self, InitializedPoolAllocator, PoolAllocator};
+use iceoryx2_cal::shm_allocator::{PointerOffset, ShmAllocator};
+// The logger iceoryx2's log macros call (an `extern "Rust"` symbol).
+use iceoryx2_bb_loggers as _;
+use memmap2::MmapMut;
 use shmslab::{Handle, Slab, SlotRef};
 use std::alloc::Layout;
 use std::fs::{File, OpenOptions};
@@ -241,5 +250,227 @@ pub fn open_rw(path: &Path, create: bool) -> File {
     match o.open(path) {
         Ok(f) => f,
         Err(e) => fail("open", e),
+    }
+}
+
+// ---------------------------------------------------------- iceoryx2 ---
+
+/// The file layout of an [`IcePool`], as iceoryx2's own shared-memory data
+/// segment lays it out (`shared_memory::posix::Memory<PoolAllocator>`: its
+/// `AllocatorDetails`, then the allocator's index set, then the payload):
+/// this header with the allocator in it at offset 0, the index set (placed
+/// by a `BumpAllocator`, as iceoryx2 does), then the buckets, page-aligned.
+#[repr(C)]
+struct IceHeader {
+    magic: u64,
+    payload_offset: usize,
+    payload_size: usize,
+    pool: PoolAllocator,
+}
+
+const ICE_MAGIC: u64 = u64::from_le_bytes(*b"sbiceox2");
+const PAGE: usize = 4096;
+
+/// iceoryx2's `PoolAllocator` (iceoryx2-cal, the allocator iceoryx2 puts in
+/// its shared-memory data segments): one bucket size, a fixed number of
+/// buckets, no growth. The allocator's state (a lock-free index set) and the
+/// buckets live in one `/dev/shm` file mapped `MAP_SHARED`, so threads and
+/// processes that map the file share one pool. As in iceoryx2, allocation
+/// returns an offset from the start of the buckets, which each process turns
+/// into a pointer into its own mapping.
+pub struct IcePool {
+    map: MmapMut,
+    /// The mapping's start (from `as_mut_ptr`: blocks are written through it).
+    base: NonNull<u8>,
+}
+
+/// Bucket alignment: 8, as `MallocHeap` asks for.
+const ICE_ALIGN: usize = 8;
+
+impl IcePool {
+    /// A new pool file of `buckets` buckets of `bucket_size` bytes.
+    pub fn create(file: &ShmFile, bucket_size: usize, buckets: usize) -> IcePool {
+        let bucket_layout = match Layout::from_size_align(bucket_size, ICE_ALIGN) {
+            Ok(l) => l,
+            Err(e) => fail("(iceoryx2) Layout", e),
+        };
+        let config = pool_allocator::Config { bucket_layout };
+        let payload_size = bucket_size * buckets;
+        let mgmt_offset = size_of::<IceHeader>().next_multiple_of(64);
+        let mgmt_size = PoolAllocator::management_size(payload_size, &config);
+        let payload_offset = (mgmt_offset + mgmt_size).next_multiple_of(PAGE);
+        let f = open_rw(file.path(), true);
+        if let Err(e) = f.set_len((payload_offset + payload_size) as u64) {
+            fail("(iceoryx2) set_len", e)
+        }
+        let mut map = map_shared(&f);
+        let base = map.as_mut_ptr();
+        let hdr = base.cast::<IceHeader>();
+        // SAFETY: the mapping is page-aligned and longer than the header,
+        // the index set's area and the payload (the file was sized so), and
+        // this process is the only one that has it yet. The allocator is
+        // written in place before `init` is called on it there, once: its
+        // index set keeps a pointer relative to its own address, as in
+        // iceoryx2, which does the same in its shared memory.
+        unsafe {
+            let payload = NonNull::slice_from_raw_parts(
+                NonNull::new_unchecked(base.add(payload_offset)),
+                payload_size,
+            );
+            (&raw mut (*hdr).pool).write(PoolAllocator::new_uninit(PAGE, payload, &config));
+            let bump = BumpAllocator::new(
+                NonNull::new_unchecked(base.add(mgmt_offset)),
+                payload_offset - mgmt_offset,
+            );
+            if let Err(e) = (*hdr).pool.init(&bump) {
+                fail("(iceoryx2) PoolAllocator::init", e)
+            }
+            (&raw mut (*hdr).payload_offset).write(payload_offset);
+            (&raw mut (*hdr).payload_size).write(payload_size);
+            (&raw mut (*hdr).magic).write(ICE_MAGIC);
+        }
+        let pool = IcePool::from_map(map);
+        assert_eq!(pool.header().pool.bucket_size(), bucket_size);
+        assert_eq!(pool.header().pool.number_of_buckets() as usize, buckets);
+        pool
+    }
+
+    /// Maps an existing pool file (another process's, in W5).
+    pub fn open(path: &Path) -> IcePool {
+        let f = open_rw(path, false);
+        let map = map_shared(&f);
+        assert!(
+            map.len() >= size_of::<IceHeader>(),
+            "iceoryx2 pool file too short"
+        );
+        let pool = IcePool::from_map(map);
+        let h = pool.header();
+        assert_eq!(h.magic, ICE_MAGIC, "not an iceoryx2 pool file");
+        assert!(h.payload_offset + h.payload_size <= pool.map.len());
+        pool
+    }
+
+    fn from_map(mut map: MmapMut) -> IcePool {
+        let base = match NonNull::new(map.as_mut_ptr()) {
+            Some(p) => p,
+            None => fail("(iceoryx2) mmap", "null mapping"),
+        };
+        IcePool { map, base }
+    }
+
+    fn header(&self) -> &IceHeader {
+        // SAFETY: `create` initialised the header at the start of the file
+        // before any other mapping of it existed, and `open` checked its
+        // magic; the mapping is page-aligned and at least a header long. The
+        // allocator is only used through `&` (its shared state is atomics).
+        unsafe { self.base.cast::<IceHeader>().as_ref() }
+    }
+
+    /// The pool's bucket size.
+    pub fn bucket_size(&self) -> usize {
+        self.header().pool.bucket_size()
+    }
+
+    /// The pool's number of buckets.
+    pub fn buckets(&self) -> usize {
+        self.header().pool.number_of_buckets() as usize
+    }
+
+    /// The file's size.
+    pub fn file_bytes(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Findings, if any: whether every bucket can be allocated (none was
+    /// left allocated, the index set is whole). Frees them all again.
+    pub fn check_all_free(&self) -> Vec<String> {
+        let h = self.heap();
+        let (size, n) = (self.bucket_size(), self.buckets());
+        let mut got = Vec::with_capacity(n);
+        for _ in 0..n {
+            match h.pool.allocate(layout(size)) {
+                Ok(off) => got.push(off),
+                Err(_) => break,
+            }
+        }
+        let mut found = Vec::new();
+        if got.len() != n {
+            found.push(format!(
+                "only {} of {n} buckets could be allocated",
+                got.len()
+            ));
+        }
+        for off in got {
+            // SAFETY: allocated just above, freed once.
+            unsafe { h.pool.deallocate(off, layout(size)) }
+        }
+        found
+    }
+
+    /// A heap on this pool (as many as wanted, one per thread).
+    pub fn heap(&self) -> IceHeap<'_> {
+        let h = self.header();
+        // SAFETY: `payload_offset` is inside the mapping (checked in `open`,
+        // true by construction in `create`).
+        let base = unsafe { self.base.add(h.payload_offset) };
+        IceHeap {
+            // SAFETY: `init` was called on the pool when the file was made.
+            pool: unsafe { h.pool.assume_init() },
+            base,
+        }
+    }
+}
+
+/// Maps a whole file read-write, `MAP_SHARED`.
+fn map_shared(f: &File) -> MmapMut {
+    // SAFETY: the file is this benchmark's own, in /dev/shm; nothing
+    // truncates it while it is mapped.
+    match unsafe { MmapMut::map_mut(f) } {
+        Ok(m) => m,
+        Err(e) => fail("(iceoryx2) mmap", e),
+    }
+}
+
+/// iceoryx2's `PoolAllocator` on an [`IcePool`]'s mapping: `allocate` gives
+/// an offset into the buckets, turned into this mapping's pointer;
+/// `deallocate` takes the offset back.
+pub struct IceHeap<'a> {
+    pool: InitializedPoolAllocator<'a>,
+    base: NonNull<u8>,
+}
+
+// SAFETY: `base` points into the pool's mapping, which outlives 'a and is
+// shared by every thread; the allocator is lock-free and `Sync`.
+unsafe impl Send for IceHeap<'_> {}
+
+impl Heap for IceHeap<'_> {
+    type Block = NonNull<u8>;
+    fn dummy() -> NonNull<u8> {
+        NonNull::dangling()
+    }
+    #[inline(always)]
+    fn alloc(&self, size: usize) -> NonNull<u8> {
+        match self.pool.allocate(layout(size)) {
+            // SAFETY: the offset is that of a bucket, inside the payload,
+            // which the mapping covers.
+            Ok(off) => unsafe { self.base.add(off.offset()) },
+            Err(e) => fail("(iceoryx2) allocate", e),
+        }
+    }
+    #[inline(always)]
+    fn write(&self, b: NonNull<u8>, v: u64) {
+        // SAFETY: `b` is a live bucket of at least 64 bytes, 8-aligned.
+        unsafe { b.cast::<u64>().as_ptr().write_volatile(v) }
+    }
+    #[inline(always)]
+    fn read(&self, b: NonNull<u8>) -> u64 {
+        // SAFETY: as in `write`.
+        unsafe { b.cast::<u64>().as_ptr().read_volatile() }
+    }
+    #[inline(always)]
+    fn free(&self, b: NonNull<u8>, size: usize) {
+        let off = PointerOffset::new(b.as_ptr().addr() - self.base.as_ptr().addr());
+        // SAFETY: the offset is that of a bucket `allocate` gave, freed once.
+        unsafe { self.pool.deallocate(off, layout(size)) }
     }
 }

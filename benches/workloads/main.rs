@@ -1,14 +1,16 @@
 //! shmslab's benchmark suite: workloads W1–W5 and attach, on shmslab,
-//! `std::alloc` (malloc) and rts-alloc, in one run.
+//! `std::alloc` (malloc), rts-alloc and iceoryx2's `PoolAllocator`, in one
+//! run.
 //!
 //! `cargo bench` first runs criterion micro-benchmarks (W1, W2, W2-4k, W4 and
 //! attach, through `iter_custom`), then repeats every full workload
 //! (W1–W5, attach) several times and prints a Markdown table: median and
-//! min..max per allocator, and the ratios of the medians. See
+//! min..max per allocator, and the per-repetition ratios. iceoryx2 runs W1,
+//! W2-4k, W3 (pre-sized), W4 and W5. See
 //! docs/BENCHMARKS.md for the workloads' definitions and the knobs:
 //!
 //! - `cargo bench -- <filter>`: only the workloads whose `workload/allocator`
-//!   name contains the filter (e.g. `w1`, `w4/shmslab`, `attach`).
+//!   name contains the filter (e.g. `w1`, `w4/shmslab`, `iceoryx2`, `attach`).
 //! - `SHMSLAB_BENCH_QUICK=1`: a tenth of the counts and 3 repetitions (the
 //!   numbers are then NOT comparable with other projects').
 //! - `SHMSLAB_BENCH_REPS=N`: repetitions of each full workload (default 11).
@@ -30,9 +32,9 @@ mod report;
 mod runs;
 
 use criterion::{Criterion, Throughput};
-use heaps::{MallocHeap, RtsHeap, ShmFile, ShmHeap, join_rts_existing, new_rts, new_slab};
+use heaps::{IcePool, MallocHeap, RtsHeap, ShmFile, ShmHeap, join_rts_existing, new_rts, new_slab};
 use report::{Table, Unit};
-use runs::{Alloc, SIZES, SIZES_4K};
+use runs::{Alloc, ICE_BUCKET, ICE_BUCKETS, ICE_W2_BUCKET, ICE_W2_BUCKETS, SIZES, SIZES_4K};
 use std::time::{Duration, Instant};
 
 /// How much of everything to run.
@@ -180,6 +182,33 @@ const RTS_GROWTH: &str = "rts-alloc's file has a fixed size: it cannot grow (no 
 const RTS_PRESIZED: &str = "rts-alloc cannot grow: W3 runs on a file pre-sized for all the blocks at 256 B each (its smallest class): no growth, pre-sized";
 const MALLOC_FILE: &str = "malloc has no file";
 const MALLOC_ATTACH: &str = "malloc has nothing to attach to";
+const ICE_W2: &str = "iceoryx2's PoolAllocator has one bucket size and runs W2-4k (4096-byte buckets) instead: W2's 16384-byte blocks are not run on it";
+const ICE_GROWTH: &str =
+    "iceoryx2's PoolAllocator has a fixed number of buckets: it cannot grow (no growth count)";
+const ICE_PRESIZED: &str = "iceoryx2's PoolAllocator cannot grow: W3 runs on a pool pre-sized for all the blocks, one 64-byte bucket each: no growth, pre-sized";
+const ICE_ATTACH: &str = "attach is not measured for iceoryx2 (its target is against rts-alloc)";
+
+/// The footnote of iceoryx2's W1 and W4 cells.
+fn ice_64() -> String {
+    format!(
+        "iceoryx2: one PoolAllocator of {ICE_BUCKETS} buckets of {ICE_BUCKET} B in a MAP_SHARED /dev/shm file"
+    )
+}
+
+/// The footnote of iceoryx2's W5 cells.
+fn ice_w5() -> String {
+    format!(
+        "{}; W5: the parent makes the file, then each child process maps it and allocates from the one pool in it (its index set and buckets are both in the file)",
+        ice_64()
+    )
+}
+
+/// The footnote of iceoryx2's W2-4k cell.
+fn ice_4k() -> String {
+    format!(
+        "iceoryx2: one PoolAllocator of {ICE_W2_BUCKETS} buckets of {ICE_W2_BUCKET} B: every request (64 B to 4 KiB) takes a whole bucket"
+    )
+}
 
 fn main() {
     if let Ok(spec) = std::env::var(runs::CHILD_ENV) {
@@ -296,6 +325,14 @@ fn criterion_part(
                 b.iter_custom(|n| timed(|| runs::w1_loop(&h, n)))
             });
         }
+        if opts.sel("w1", Alloc::Ice) {
+            let f = ShmFile::new("crit-w1-ice");
+            let pool = IcePool::create(&f, ICE_BUCKET, ICE_BUCKETS);
+            let h = pool.heap();
+            g.bench_function("iceoryx2", |b| {
+                b.iter_custom(|n| timed(|| runs::w1_loop(&h, n)))
+            });
+        }
         g.finish();
     }
 
@@ -332,6 +369,11 @@ fn criterion_part(
         if four_k && opts.sel(name, Alloc::Rts) {
             let f = ShmFile::new("crit-w2-rts");
             w2_bench!("rts-alloc", RtsHeap(new_rts(&f, 256 << 20)));
+        }
+        if four_k && opts.sel(name, Alloc::Ice) {
+            let f = ShmFile::new("crit-w2-ice");
+            let pool = IcePool::create(&f, ICE_W2_BUCKET, ICE_W2_BUCKETS);
+            w2_bench!("iceoryx2", pool.heap());
         }
         g.finish();
     }
@@ -374,6 +416,13 @@ fn criterion_part(
                     ];
                     span(runs::two_threads(heaps, n, "crit-w4"))
                 })
+            });
+        }
+        if opts.sel("w4", Alloc::Ice) {
+            let f = ShmFile::new("crit-w4-ice");
+            let pool = IcePool::create(&f, ICE_BUCKET, ICE_BUCKETS);
+            g.bench_function("iceoryx2", |b| {
+                b.iter_custom(|n| span(runs::two_threads([pool.heap(), pool.heap()], n, "crit-w4")))
             });
         }
         g.finish();
@@ -438,6 +487,9 @@ fn table_part(
             if opts.sel("w1", a) {
                 let d = runs::w1(a, c.w1_pairs, first);
                 t.add("W1 per pair", Unit::Ns, true, a, ns(d) / c.w1_pairs as f64);
+                if a == Alloc::Ice {
+                    t.mark("W1 per pair", Unit::Ns, true, a, &ice_64());
+                }
             }
         }
         eprint!(" w1");
@@ -449,6 +501,12 @@ fn table_part(
                 t.na("W2 per step", Unit::Ns, true, a, RTS_W2);
                 t.na("W2 file bytes at end", Unit::Bytes, true, a, RTS_W2);
                 t.na("W2 peak live bytes requested", Unit::Bytes, true, a, RTS_W2);
+                continue;
+            }
+            if a == Alloc::Ice {
+                t.na("W2 per step", Unit::Ns, true, a, ICE_W2);
+                t.na("W2 file bytes at end", Unit::Bytes, true, a, ICE_W2);
+                t.na("W2 peak live bytes requested", Unit::Bytes, true, a, ICE_W2);
                 continue;
             }
             let o = runs::w2(a, &SIZES, c.w2_steps, first);
@@ -485,6 +543,15 @@ fn table_part(
                     a,
                     ns(o.time) / c.w2_steps as f64,
                 );
+                if a == Alloc::Ice {
+                    t.mark(
+                        "W2-4k per step (supplementary)",
+                        Unit::Ns,
+                        true,
+                        a,
+                        &ice_4k(),
+                    );
+                }
             }
         }
         eprint!(" w2");
@@ -503,18 +570,24 @@ fn table_part(
             match o.growths {
                 Some(g) => t.add("W3 growths", Unit::Count, true, a, g as f64),
                 None if a == Alloc::Rts => t.na("W3 growths", Unit::Count, true, a, RTS_GROWTH),
+                None if a == Alloc::Ice => t.na("W3 growths", Unit::Count, true, a, ICE_GROWTH),
                 None => t.na("W3 growths", Unit::Count, true, a, MALLOC_FILE),
             }
             match o.file_bytes {
                 Some(b) => t.add("W3 file bytes at end", Unit::Bytes, true, a, b as f64),
                 None => t.na("W3 file bytes at end", Unit::Bytes, true, a, MALLOC_FILE),
             }
-            if a == Alloc::Rts {
+            let presized = match a {
+                Alloc::Rts => Some(RTS_PRESIZED),
+                Alloc::Ice => Some(ICE_PRESIZED),
+                _ => None,
+            };
+            if let Some(note) = presized {
                 for (label, unit) in [
                     ("W3 per allocation", Unit::Ns),
                     ("W3 file bytes at end", Unit::Bytes),
                 ] {
-                    t.mark(label, unit, true, a, RTS_PRESIZED);
+                    t.mark(label, unit, true, a, note);
                 }
             }
             if let Some(x) = o.overhead_per_slot {
@@ -547,6 +620,23 @@ fn table_part(
                         a,
                         o.ns_per_pair_per_worker(),
                     );
+                    if a == Alloc::Ice {
+                        let note = if name == "W5" { ice_w5() } else { ice_64() };
+                        t.mark(
+                            &format!("{name} aggregate pairs/s"),
+                            Unit::MPerS,
+                            false,
+                            a,
+                            &note,
+                        );
+                        t.mark(
+                            &format!("{name} per pair per worker"),
+                            Unit::Ns,
+                            true,
+                            a,
+                            &note,
+                        );
+                    }
                 }
             }
             eprint!(" {key}");
@@ -582,6 +672,10 @@ fn table_part(
                 Alloc::Malloc,
                 MALLOC_ATTACH,
             );
+        }
+        if opts.sel("attach", Alloc::Ice) {
+            t.na("attach", Unit::Us, true, Alloc::Ice, ICE_ATTACH);
+            t.na("attach + drop", Unit::Us, true, Alloc::Ice, ICE_ATTACH);
         }
         eprintln!(" attach");
     }
@@ -663,15 +757,34 @@ fn print_report(
     out.push("Cells: median [min..max] over the repetitions. Ratios: shmslab ÷ the other, computed per repetition (the allocators run back to back within a repetition, under the same conditions), median [min..max]; for pairs/s higher is better, so there a ratio > 1 favours shmslab.  ".into());
     out.push("rts-alloc serves 64-byte requests from its smallest class (256 B).  ".into());
     out.push(format!(
-        "rts-alloc configuration: slab size {} KiB, {} workers per file.",
+        "rts-alloc configuration: rts-alloc {}, slab size {} KiB, {} workers per file.  ",
+        locked_version("rts-alloc"),
         heaps::rts_slab_size() >> 10,
         heaps::RTS_WORKERS
+    ));
+    out.push(format!(
+        "iceoryx2 configuration: iceoryx2-cal {} `PoolAllocator` (the allocator of iceoryx2's shared-memory data segments), one bucket size per pool, 8-byte aligned, a fixed number of buckets (it cannot grow, so W3 runs pre-sized): {ICE_BUCKET}-B buckets for W1, W4 and W5 ({ICE_BUCKETS} buckets) and for W3 (one per block, pre-sized), {ICE_W2_BUCKET}-B buckets for W2-4k ({ICE_W2_BUCKETS} buckets); not run on W2 or attach. Its state (a lock-free index set) and its buckets are in one /dev/shm file mapped MAP_SHARED, laid out as iceoryx2 lays out a data segment: W4's two threads use one mapping, W5's two processes each map the file and allocate from the one pool in it, turning its offsets into pointers into their own mapping, as iceoryx2's processes do.",
+        locked_version("iceoryx2-cal")
     ));
     out.push(String::new());
 
     out.push("### Against the targets (median [min..max] of the per-repetition ratios)".into());
     out.push(String::new());
     let m = |label: &str, a: Alloc| t.median(label, a);
+    let ratio_text = |r: Option<(f64, f64, f64)>| {
+        r.map_or("—".into(), |(m, lo, hi)| report::fmt_ratio(m, lo, hi))
+    };
+    // "X ahead of iceoryx2's PoolAllocator": shmslab ÷ iceoryx2 < 1.0.
+    let ahead_of_ice = |out: &mut Vec<String>, w: &str, label: &str| {
+        let r = t.paired(label, Alloc::Shm, label, Alloc::Ice);
+        target(
+            out,
+            &format!("{w} ahead of iceoryx2 PoolAllocator (shmslab ÷ iceoryx2 < 1.0)"),
+            r.map(|r| r.0),
+            r.is_some_and(|r| r.0 < 1.0),
+            ratio_text(r),
+        );
+    };
     for (w, label, limit) in [
         ("W1", "W1 per pair", 1.2),
         ("W2", "W2 per step", 1.0),
@@ -683,8 +796,13 @@ fn print_report(
             &format!("{w} ≤ {limit:.1}× malloc"),
             r.map(|r| r.0),
             r.is_some_and(|r| r.0 <= limit),
-            r.map_or("—".into(), |(m, lo, hi)| report::fmt_ratio(m, lo, hi)),
+            ratio_text(r),
         );
+        match w {
+            "W1" => ahead_of_ice(&mut out, "W1", "W1 per pair"),
+            "W2" => ahead_of_ice(&mut out, "W2-4k", "W2-4k per step (supplementary)"),
+            _ => {}
+        }
     }
     for w in ["W4", "W5"] {
         for a in Alloc::ALL {
@@ -697,7 +815,7 @@ fn print_report(
                     let v: Vec<f64> = x.iter().zip(y).map(|(agg, ns)| agg * ns / 1e9).collect();
                     report::stats(&v)
                 });
-            let shown = r.map_or("—".into(), |(m, lo, hi)| report::fmt_ratio(m, lo, hi));
+            let shown = ratio_text(r);
             if a == Alloc::Shm {
                 let name = format!("{w} aggregate ≥ 1.0× single-worker W1 throughput (shmslab)");
                 target(
@@ -713,6 +831,33 @@ fn print_report(
                     a.name()
                 ));
             }
+        }
+        // Ahead of every shared-memory peer in this bench (Boost is not in
+        // it): aggregate pairs/s, shmslab ÷ peer > 1.0.
+        let label = format!("{w} aggregate pairs/s");
+        let mut shown = Vec::new();
+        let mut missing = Vec::new();
+        let mut all_ahead = true;
+        for peer in [Alloc::Rts, Alloc::Ice] {
+            match t.paired(&label, Alloc::Shm, &label, peer) {
+                Some(r) => {
+                    all_ahead &= r.0 > 1.0;
+                    shown.push(format!("{} {}", peer.name(), ratio_text(Some(r))));
+                }
+                None => missing.push(peer.name()),
+            }
+        }
+        let name = format!(
+            "{w} ahead of every shared peer (aggregate pairs/s, shmslab ÷ peer > 1.0; Boost is not in this bench)"
+        );
+        if missing.is_empty() {
+            target(&mut out, &name, Some(0.0), all_ahead, shown.join("; "));
+        } else if !shown.is_empty() {
+            out.push(format!(
+                "- {name}: {} — not judged ({} not run)",
+                shown.join("; "),
+                missing.join(", ")
+            ));
         }
     }
     let mut faster = Vec::new();
@@ -748,15 +893,36 @@ fn print_report(
         a.is_some_and(|v| v <= 1000.0),
         a.map_or("—".into(), |v| format!("{v:.1} µs")),
     );
+    let r = t.paired("attach", Alloc::Shm, "attach", Alloc::Rts);
+    target(
+        &mut out,
+        "attach ≤ rts-alloc (shmslab attach ÷ rts-alloc attach ≤ 1.0)",
+        r.map(|r| r.0),
+        r.is_some_and(|r| r.0 <= 1.0),
+        ratio_text(r),
+    );
     if let (Some(file), true) = (m("W2 file bytes at end", Alloc::Shm), peak_live > 0) {
         let r = Some(file / peak_live as f64);
-        let name = format!(
-            "W2 file ≤ 1.5× peak live (file {:.1} MiB, peak live requested {:.1} MiB = {} B)",
+        let sizes = format!(
+            "file {:.1} MiB, peak live requested {:.1} MiB = {} B",
             file / (1u64 << 20) as f64,
             peak_live as f64 / (1u64 << 20) as f64,
             peak_live
         );
-        target(&mut out, &name, r, r.is_some_and(|v| v <= 1.5), x(r));
+        for limit in [1.5, 1.3] {
+            let name = format!("W2 file ≤ {limit:.1}× peak live ({sizes})");
+            target(&mut out, &name, r, r.is_some_and(|v| v <= limit), x(r));
+        }
+    }
+    if !overhead.is_empty() {
+        let (med, lo, hi) = report::stats(overhead);
+        target(
+            &mut out,
+            "metadata 8 B per slot (measured in W3: file bytes beyond the slots ÷ slots, the 8-byte word plus the extents' page padding; met when that rounds to 8 B)",
+            Some(med),
+            med < 8.5,
+            format!("{med:.2} B [{lo:.2}..{hi:.2}]"),
+        );
     }
     out.push(String::new());
     out.push("### Other facts".into());
@@ -796,6 +962,21 @@ fn print_report(
         }
     }
     println!("{}", out.join("\n"));
+}
+
+/// The version of a package in the workspace's Cargo.lock ("?" if not found).
+fn locked_version(name: &str) -> String {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        .unwrap_or_default();
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l == format!("name = \"{name}\"")
+            && let Some(v) = lines.next().and_then(|v| v.strip_prefix("version = "))
+        {
+            return v.trim_matches('"').to_string();
+        }
+    }
+    "?".into()
 }
 
 fn show(findings: &[String]) -> String {

@@ -34,9 +34,12 @@ pub struct Row {
     pub label: String,
     unit: Unit,
     lower_better: bool,
-    cells: [Cell; 3],
-    marks: [Option<String>; 3],
+    cells: [Cell; ALLOCS],
+    marks: [Option<String>; ALLOCS],
 }
+
+/// Columns: one per allocator.
+const ALLOCS: usize = Alloc::ALL.len();
 
 /// Median, min and max of samples.
 pub fn stats(v: &[f64]) -> (f64, f64, f64) {
@@ -101,12 +104,8 @@ impl Table {
             label: label.to_string(),
             unit,
             lower_better,
-            cells: [
-                Cell::Samples(Vec::new()),
-                Cell::Samples(Vec::new()),
-                Cell::Samples(Vec::new()),
-            ],
-            marks: [None, None, None],
+            cells: std::array::from_fn(|_| Cell::Samples(Vec::new())),
+            marks: std::array::from_fn(|_| None),
         });
         self.rows.last_mut().expect("just pushed")
     }
@@ -166,16 +165,26 @@ impl Table {
         }
     }
 
-    /// The Markdown table: median [min..max] per allocator, and the ratios
-    /// of the medians shmslab ÷ malloc and shmslab ÷ rts-alloc.
+    /// The Markdown table: median [min..max] per allocator, and the
+    /// per-repetition ratios shmslab ÷ each other allocator.
     pub fn markdown(&self) -> (String, Vec<String>) {
         let mut out = String::new();
         let mut notes: Vec<String> = Vec::new();
-        let _ = writeln!(
-            out,
-            "| figure | better | shmslab median [min..max] | malloc | rts-alloc | shmslab÷malloc | shmslab÷rts-alloc |"
-        );
-        let _ = writeln!(out, "|---|:-:|--:|--:|--:|--:|--:|");
+        // `Alloc::ALL` starts with shmslab; the others get a column and a
+        // ratio column each.
+        let others = &Alloc::ALL[1..];
+        let mut head = String::from("| figure | better | shmslab median [min..max] |");
+        let mut rule = String::from("|---|:-:|--:|");
+        for a in others {
+            let _ = write!(head, " {} |", a.name());
+            rule.push_str("--:|");
+        }
+        for a in others {
+            let _ = write!(head, " shmslab÷{} |", a.name());
+            rule.push_str("--:|");
+        }
+        let _ = writeln!(out, "{head}");
+        let _ = writeln!(out, "{rule}");
         for r in &self.rows {
             let unit = unit_name(r.unit);
             let label = if unit.is_empty() {
@@ -221,16 +230,15 @@ impl Table {
                 Some((m, lo, hi)) if !same => fmt_ratio(m, lo, hi),
                 _ => "—".to_string(),
             };
-            let _ = writeln!(
-                out,
-                "| {label} | {} | {} | {} | {} | {} | {} |",
-                if r.lower_better { "lower" } else { "higher" },
-                cols[0],
-                cols[1],
-                cols[2],
-                ratio(Alloc::Malloc),
-                ratio(Alloc::Rts),
-            );
+            let better = if r.lower_better { "lower" } else { "higher" };
+            let mut line = format!("| {label} | {better} |");
+            for c in &cols {
+                let _ = write!(line, " {c} |");
+            }
+            for &a in others {
+                let _ = write!(line, " {} |", ratio(a));
+            }
+            let _ = writeln!(out, "{line}");
         }
         (out, notes)
     }

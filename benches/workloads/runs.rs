@@ -5,8 +5,8 @@
 //! store at the start of the block, "check" reads it back and compares.
 
 use crate::heaps::{
-    Heap, MallocHeap, RtsHeap, ShmFile, ShmHeap, join_rts, join_rts_existing, new_rts, new_slab,
-    open_rw,
+    Heap, IcePool, MallocHeap, RtsHeap, ShmFile, ShmHeap, join_rts, join_rts_existing, new_rts,
+    new_slab, open_rw,
 };
 use shmslab::{Slab, SlotRef};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -42,6 +42,14 @@ pub const SIZES_4K: [usize; 4] = [64, 256, 1024, 4096];
 pub const RTS_MIN_CLASS: usize = 256;
 /// W2's live blocks.
 pub const W2_LIVE: usize = 4096;
+/// iceoryx2's bucket size for W1, W3, W4 and W5 (their requests are 64 B).
+pub const ICE_BUCKET: usize = 64;
+/// iceoryx2's buckets for W1, W4 and W5 (at most two are live at once).
+pub const ICE_BUCKETS: usize = 1 << 16;
+/// iceoryx2's bucket size for W2-4k: its largest request.
+pub const ICE_W2_BUCKET: usize = 4096;
+/// iceoryx2's buckets for W2-4k: twice its live blocks.
+pub const ICE_W2_BUCKETS: usize = 2 * W2_LIVE;
 
 /// Which allocator.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -52,17 +60,20 @@ pub enum Alloc {
     Malloc,
     /// rts-alloc
     Rts,
+    /// iceoryx2's PoolAllocator (iceoryx2-cal)
+    Ice,
 }
 
 impl Alloc {
-    /// All three, in table order.
-    pub const ALL: [Alloc; 3] = [Alloc::Shm, Alloc::Malloc, Alloc::Rts];
+    /// All four, in table order.
+    pub const ALL: [Alloc; 4] = [Alloc::Shm, Alloc::Malloc, Alloc::Rts, Alloc::Ice];
     /// The name used in the table and in filters.
     pub fn name(self) -> &'static str {
         match self {
             Alloc::Shm => "shmslab",
             Alloc::Malloc => "malloc",
             Alloc::Rts => "rts-alloc",
+            Alloc::Ice => "iceoryx2",
         }
     }
     fn parse(s: &str) -> Alloc {
@@ -70,6 +81,7 @@ impl Alloc {
             "shmslab" => Alloc::Shm,
             "malloc" => Alloc::Malloc,
             "rts-alloc" => Alloc::Rts,
+            "iceoryx2" => Alloc::Ice,
             _ => panic!("unknown allocator {s:?}"),
         }
     }
@@ -121,6 +133,12 @@ pub fn w1(a: Alloc, pairs: u64, check: bool) -> Duration {
         Alloc::Rts => {
             let f = ShmFile::new("w1-rts");
             let h = RtsHeap(new_rts(&f, 64 << 20));
+            time(&|| w1_loop(&h, pairs))
+        }
+        Alloc::Ice => {
+            let f = ShmFile::new("w1-ice");
+            let pool = IcePool::create(&f, ICE_BUCKET, ICE_BUCKETS);
+            let h = pool.heap();
             time(&|| w1_loop(&h, pairs))
         }
     }
@@ -273,6 +291,14 @@ pub fn w2<const N: usize>(a: Alloc, sizes: &[usize; N], steps: u64, check: bool)
             let f = ShmFile::new("w2-rts");
             without_file(&RtsHeap(new_rts(&f, 256 << 20)), sizes, steps, &label)
         }
+        Alloc::Ice => {
+            // One bucket size: W2-4k's largest request (W2's 16 KiB is not
+            // run on it).
+            assert!(sizes.iter().all(|&s| s <= ICE_W2_BUCKET));
+            let f = ShmFile::new("w2-ice");
+            let pool = IcePool::create(&f, ICE_W2_BUCKET, ICE_W2_BUCKETS);
+            without_file(&pool.heap(), sizes, steps, &label)
+        }
     }
 }
 
@@ -392,6 +418,19 @@ pub fn w3(a: Alloc, n: usize, check: bool) -> W3Out {
                 check: None,
             }
         }
+        Alloc::Ice => {
+            // No growth: one bucket of 64 B per block, pre-sized.
+            let f = ShmFile::new("w3-ice");
+            let pool = IcePool::create(&f, ICE_BUCKET, n);
+            let (time, _blocks) = run(&pool.heap(), n, "w3/iceoryx2");
+            W3Out {
+                time,
+                growths: None,
+                file_bytes: Some(pool.file_bytes()),
+                overhead_per_slot: None,
+                check: None,
+            }
+        }
     }
 }
 
@@ -470,8 +509,8 @@ pub fn two_threads<H: Heap + Send>(heaps: [H; 2], pairs: u64, label: &str) -> Tw
 }
 
 /// One W4 run: two threads each run W1, sharing one `Slab` by reference
-/// (rts-alloc: one worker `Allocator` per thread on one mapping; malloc:
-/// the process heap).
+/// (rts-alloc: one worker `Allocator` per thread on one mapping; iceoryx2:
+/// one pool on one mapping; malloc: the process heap).
 pub fn w4(a: Alloc, pairs: u64, check: bool) -> TwoWorkers {
     match a {
         Alloc::Shm => {
@@ -493,6 +532,11 @@ pub fn w4(a: Alloc, pairs: u64, check: bool) -> TwoWorkers {
             ];
             two_threads(heaps, pairs, "w4/rts-alloc")
         }
+        Alloc::Ice => {
+            let f = ShmFile::new("w4-ice");
+            let pool = IcePool::create(&f, ICE_BUCKET, ICE_BUCKETS);
+            two_threads([pool.heap(), pool.heap()], pairs, "w4/iceoryx2")
+        }
     }
 }
 
@@ -512,6 +556,9 @@ pub fn w5(a: Alloc, pairs: u64, check: bool) -> TwoWorkers {
         }
         Alloc::Malloc => {}
         Alloc::Rts => drop(new_rts(&f, 64 << 20)),
+        // The pool (allocator state and buckets) is in the file: each child
+        // maps it and allocates from the one pool.
+        Alloc::Ice => drop(IcePool::create(&f, ICE_BUCKET, ICE_BUCKETS)),
     }
     let exe = std::env::current_exe().expect("current_exe");
     let spec = format!("{} {} {}", a.name(), pairs, f.path().display());
@@ -575,6 +622,12 @@ pub fn w5(a: Alloc, pairs: u64, check: bool) -> TwoWorkers {
         }
         note_check("W5 shmslab check after both processes detached", found);
     }
+    if check && a == Alloc::Ice {
+        note_check(
+            "W5 iceoryx2 check after both processes exited (every bucket free again)",
+            IcePool::open(f.path()).check_all_free(),
+        );
+    }
     TwoWorkers { spans, pairs }
 }
 
@@ -609,6 +662,14 @@ pub fn child_main(spec: &str) {
         }
         Alloc::Rts => {
             let h = RtsHeap(join_rts(&path));
+            go();
+            let t0 = mono_ns();
+            w1_loop(&h, pairs);
+            (t0, mono_ns())
+        }
+        Alloc::Ice => {
+            let pool = IcePool::open(&path);
+            let h = pool.heap();
             go();
             let t0 = mono_ns();
             w1_loop(&h, pairs);
