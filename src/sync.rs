@@ -20,8 +20,10 @@
 //!   and the wanted bytes extracted; written by a compare-and-swap loop on
 //!   the whole word, which replaces exactly the copy's bytes and keeps the
 //!   others, even if another thread or process changes them meanwhile;
-//! - the **whole-word middle**: plain relaxed word loads and stores, the
-//!   bulk of any large copy and the place to make copies fast;
+//! - the **whole-word middle**: relaxed word loads and stores for short
+//!   copies, and for long ones on x86-64 the 16-byte atomic moves of
+//!   [`bulk`], which for the memory model are the same word accesses (its
+//!   module doc argues why);
 //! - a partial **tail** word, as the head.
 //!
 //! A copy of whole aligned words only (a typed value whose size is a
@@ -31,7 +33,7 @@
 //!
 //! A partial word never leaves the memory a caller may touch: slots are
 //! 16-aligned multiples of 16 bytes, so the word of any slot byte lies in the
-//! slot; [`Region`](crate::Region) views start on a page (a mapping) or a
+//! slot; [`Region`](crate::region::Region) views start on a page (a mapping) or a
 //! 64-byte boundary (a heap region) and their memory is allocated in whole
 //! pages or 64-byte blocks, so the word of any byte in the view is mapped.
 //!
@@ -39,7 +41,7 @@
 //! reach the file only through `Memory::word` (an aligned `AtomicU64`), and
 //! never with another width; the `AtomicU32`s in `pool` (a process's checked
 //! extent views) are process-local memory, not the file. The safe
-//! [`Region::read`](crate::Region::read)/[`write`](crate::Region::write) reach
+//! [`Region::read`](crate::region::Region::read)/[`write`](crate::region::Region::write) reach
 //! every byte of a segment, header and metadata words included, but through
 //! these same word copies, so even a user overwriting a lock word is (for
 //! the memory model) an ordinary atomic write at the same width.
@@ -51,6 +53,9 @@ pub(crate) use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, 
 
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering, fence};
+
+#[cfg(all(target_arch = "x86_64", not(miri)))]
+mod bulk;
 
 /// A mutex for process-local state. Under loom it is loom's model-checked
 /// mutex; otherwise `parking_lot`'s, which is small and never poisons.
@@ -240,6 +245,30 @@ pub(crate) trait SharedWord {
     /// A relaxed weak compare-and-swap of the whole word; `Err` has the
     /// value found.
     fn swap_word_if(&self, current: u64, new: u64) -> Result<u64, u64>;
+
+    /// Relaxed loads of every word of `words` into `dst` (`8 * words.len()`
+    /// bytes): the word loop, which std's words replace with the bulk copy
+    /// when it is long.
+    #[inline(always)]
+    fn load_run(words: &[Self], dst: &mut [u8])
+    where
+        Self: Sized,
+    {
+        for (chunk, w) in dst.chunks_exact_mut(8).zip(words) {
+            chunk.copy_from_slice(&w.load_word().to_ne_bytes());
+        }
+    }
+
+    /// Relaxed stores of `src` (`8 * words.len()` bytes) into `words`.
+    #[inline(always)]
+    fn store_run(words: &[Self], src: &[u8])
+    where
+        Self: Sized,
+    {
+        for (chunk, w) in src.chunks_exact(8).zip(words) {
+            w.store_word(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")));
+        }
+    }
 }
 
 impl SharedWord for std::sync::atomic::AtomicU64 {
@@ -255,6 +284,19 @@ impl SharedWord for std::sync::atomic::AtomicU64 {
     fn swap_word_if(&self, current: u64, new: u64) -> Result<u64, u64> {
         use std::sync::atomic::Ordering::Relaxed;
         self.compare_exchange_weak(current, new, Relaxed, Relaxed)
+    }
+    #[inline(always)]
+    fn load_run(words: &[Self], dst: &mut [u8]) {
+        debug_assert_eq!(dst.len(), 8 * words.len());
+        // SAFETY: `words` are live, aligned atomics for the whole call,
+        // `dst.len() / 8` of them, only ever accessed atomically.
+        unsafe { load_words(words.as_ptr().cast(), dst) }
+    }
+    #[inline(always)]
+    fn store_run(words: &[Self], src: &[u8]) {
+        debug_assert_eq!(src.len(), 8 * words.len());
+        // SAFETY: as in `load_run`; an atomic may be written through `&`.
+        unsafe { store_words(src, words.as_ptr().cast_mut().cast()) }
     }
 }
 
@@ -303,6 +345,7 @@ impl WordSpan {
 /// Copies bytes out of words: `dst.len()` bytes starting `skip` (< 8) bytes
 /// into word 0, with `word(j)` the `j`-th word from there. Only calls `word`
 /// for the words the bytes lie in.
+#[cfg(loom)]
 #[inline(always)]
 pub(crate) fn load_via_words<'w, W: SharedWord + 'w>(
     skip: usize,
@@ -326,9 +369,10 @@ pub(crate) fn load_via_words<'w, W: SharedWord + 'w>(
     }
 }
 
-/// Copies `src` into words, laid out as in [`load_via_words`]. Bytes of a
+/// Copies `src` into words, laid out as in `load_via_words`. Bytes of a
 /// partial word outside the copy keep their value, whoever changes them
 /// meanwhile.
+#[cfg(loom)]
 #[inline(always)]
 pub(crate) fn store_via_words<'w, W: SharedWord + 'w>(
     skip: usize,
@@ -375,18 +419,14 @@ fn store_whole_words<'w, W: SharedWord + 'w>(src: &[u8], word: impl Fn(usize) ->
 
 /// Copies the first `dst.len()` bytes of `words` (which hold at least that
 /// many) into `dst`: whole-word loads, the last one cut. For memory whose
-/// words all belong to one buffer (a locked value's), zipped, so no index
-/// is checked per word.
+/// words all belong to one buffer (a locked value's, a channel row's).
 #[inline(always)]
 pub(crate) fn load_from_words<W: SharedWord>(words: &[W], dst: &mut [u8]) {
-    let mut chunks = dst.chunks_exact_mut(8);
-    let mut words = words.iter();
-    for (chunk, w) in (&mut chunks).zip(&mut words) {
-        chunk.copy_from_slice(&w.load_word().to_ne_bytes());
-    }
-    let tail = chunks.into_remainder();
+    let whole = (dst.len() / 8).min(words.len());
+    let (run, tail) = dst.split_at_mut(8 * whole);
+    W::load_run(&words[..whole], run);
     if !tail.is_empty() {
-        if let Some(w) = words.next() {
+        if let Some(w) = words.get(whole) {
             let n = tail.len();
             tail.copy_from_slice(&w.load_word().to_ne_bytes()[..n]);
         }
@@ -398,14 +438,11 @@ pub(crate) fn load_from_words<W: SharedWord>(words: &[W], dst: &mut [u8]) {
 /// locked value's, under its lock), so no byte outside `src` needs keeping.
 #[inline(always)]
 pub(crate) fn store_to_words<W: SharedWord>(words: &[W], src: &[u8]) {
-    let mut chunks = src.chunks_exact(8);
-    let mut words = words.iter();
-    for (chunk, w) in (&mut chunks).zip(&mut words) {
-        w.store_word(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")));
-    }
-    let tail = chunks.remainder();
+    let whole = (src.len() / 8).min(words.len());
+    let (run, tail) = src.split_at(8 * whole);
+    W::store_run(&words[..whole], run);
     if !tail.is_empty() {
-        if let Some(w) = words.next() {
+        if let Some(w) = words.get(whole) {
             let mut b = [0u8; 8];
             b[..tail.len()].copy_from_slice(tail);
             w.store_word(u64::from_ne_bytes(b));
@@ -447,7 +484,7 @@ fn store_part<W: SharedWord>(word: &W, at: usize, src: &[u8]) {
 /// partial word goes out of line, so the hot paths stay small.
 ///
 /// Plain std atomics: process-local memory in loom models goes through
-/// `HeapRegion`'s own words and [`load_via_words`] instead.
+/// `HeapRegion`'s own words and `load_via_words` instead.
 ///
 /// # Safety
 /// The aligned 8-byte words that contain `src .. src + dst.len()` are valid
@@ -457,17 +494,18 @@ fn store_part<W: SharedWord>(word: &W, at: usize, src: &[u8]) {
 #[inline(always)]
 pub(crate) unsafe fn load_shared(src: *const u8, dst: &mut [u8]) {
     if src.addr() % 8 == 0 && dst.len() % 8 == 0 {
-        let first = src.cast::<u64>();
         // SAFETY: the words of the copy, valid and accessed only as aligned
-        // 64-bit atomics per the caller; `first` is 8-aligned (checked).
-        load_whole_words(dst, |k| unsafe { std_word(first.add(k).cast_mut()) });
+        // 64-bit atomics per the caller; `src` is 8-aligned (checked).
+        unsafe { load_words(src.cast(), dst) }
     } else {
         // SAFETY: forwarded with the caller's guarantee.
         unsafe { load_shared_parts(src, dst) }
     }
 }
 
-/// [`load_shared`] for a copy that starts or ends inside a word.
+/// [`load_shared`] for a copy that starts or ends inside a word: the
+/// partial head and tail words as `load_via_words` does them, the middle
+/// by [`load_words`].
 ///
 /// # Safety
 /// As for [`load_shared`].
@@ -475,12 +513,23 @@ pub(crate) unsafe fn load_shared(src: *const u8, dst: &mut [u8]) {
 unsafe fn load_shared_parts(src: *const u8, dst: &mut [u8]) {
     let skip = src.addr() % 8;
     let first = src.wrapping_sub(skip).cast::<u64>();
-    load_via_words(skip, dst, |j| {
-        // SAFETY: `load_via_words` asks only for words that contain bytes of
-        // the copy, which the caller guarantees are valid and accessed only
-        // as aligned 64-bit atomics; `first` is 8-aligned by construction.
-        unsafe { std_word(first.add(j).cast_mut()) }
-    });
+    let span = WordSpan::new(skip, dst.len());
+    let middle = span.first_whole();
+    let end = span.head + 8 * span.whole;
+    if span.head > 0 {
+        // SAFETY: word 0 holds the copy's first bytes: valid and accessed
+        // only as an aligned 64-bit atomic, per the caller; `first` is
+        // 8-aligned by construction.
+        let head = unsafe { std_word(first.cast_mut()) };
+        load_part(head, skip, &mut dst[..span.head]);
+    }
+    // SAFETY: the whole words of the copy, as for the head.
+    unsafe { load_words(first.add(middle), &mut dst[span.head..end]) };
+    if end < dst.len() {
+        // SAFETY: the word after them holds the copy's last bytes.
+        let tail = unsafe { std_word(first.add(middle + span.whole).cast_mut()) };
+        load_part(tail, 0, &mut dst[end..]);
+    }
 }
 
 /// Copies `src` into shared memory at `dst`, by whole aligned words: the
@@ -494,9 +543,8 @@ unsafe fn load_shared_parts(src: *const u8, dst: &mut [u8]) {
 #[inline(always)]
 pub(crate) unsafe fn store_shared(src: &[u8], dst: *mut u8) {
     if dst.addr() % 8 == 0 && src.len() % 8 == 0 {
-        let first = dst.cast::<u64>();
         // SAFETY: as in `load_shared`; the words are also valid for writes.
-        store_whole_words(src, |k| unsafe { std_word(first.add(k)) });
+        unsafe { store_words(src, dst.cast()) }
     } else {
         // SAFETY: forwarded with the caller's guarantee.
         unsafe { store_shared_parts(src, dst) }
@@ -511,11 +559,59 @@ pub(crate) unsafe fn store_shared(src: &[u8], dst: *mut u8) {
 unsafe fn store_shared_parts(src: &[u8], dst: *mut u8) {
     let skip = dst.addr() % 8;
     let first = dst.wrapping_sub(skip).cast::<u64>();
-    store_via_words(skip, src, |j| {
-        // SAFETY: as in `load_shared_parts`; the caller guarantees the words
-        // are also valid for writes.
-        unsafe { std_word(first.add(j)) }
-    });
+    let span = WordSpan::new(skip, src.len());
+    let middle = span.first_whole();
+    let end = span.head + 8 * span.whole;
+    if span.head > 0 {
+        // SAFETY: as in `load_shared_parts`; the caller guarantees the
+        // words are also valid for writes.
+        store_part(unsafe { std_word(first) }, skip, &src[..span.head]);
+    }
+    // SAFETY: the whole words of the copy, as for the head.
+    unsafe { store_words(&src[span.head..end], first.add(middle)) };
+    if end < src.len() {
+        // SAFETY: the word after them holds the copy's last bytes.
+        store_part(
+            unsafe { std_word(first.add(middle + span.whole)) },
+            0,
+            &src[end..],
+        );
+    }
+}
+
+/// Copies `dst.len()` (a multiple of 8) bytes out of the shared words from
+/// `first`: the word loop, inlined, for short copies; [`bulk::load`] for
+/// long ones where the CPU allows it.
+///
+/// # Safety
+/// `first` is 8-aligned; the `dst.len() / 8` words from it are valid for
+/// reads for the whole call and in this process only accessed as aligned
+/// atomics.
+#[inline(always)]
+unsafe fn load_words(first: *const u64, dst: &mut [u8]) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    if dst.len() >= bulk::MIN_BYTES && bulk::available() {
+        // SAFETY: per the caller; `available()` checked.
+        return unsafe { bulk::load(first, dst) };
+    }
+    // SAFETY: the words of the copy, per the caller.
+    load_whole_words(dst, |k| unsafe { std_word(first.add(k).cast_mut()) });
+}
+
+/// Copies `src` (a multiple of 8 bytes) into the shared words from
+/// `first`, as [`load_words`] the other way.
+///
+/// # Safety
+/// As for [`load_words`], and the words are valid for writes.
+#[inline(always)]
+unsafe fn store_words(src: &[u8], first: *mut u64) {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    if src.len() >= bulk::MIN_BYTES && bulk::available() {
+        // SAFETY: per the caller; `available()` checked.
+        return unsafe { bulk::store(src, first) };
+    }
+    // SAFETY: the words of the copy, per the caller.
+    store_whole_words(src, |k| unsafe { std_word(first.add(k)) });
 }
 
 /// The std atomic at `ptr`, for as long as the caller needs it.
@@ -577,5 +673,163 @@ mod tests {
                 assert_eq!(back, src, "load of {len} at {at}");
             }
         }
+    }
+
+    /// `n` words of known bytes (word k, byte i: `k * 8 + i` mixed), and
+    /// their bytes.
+    fn many_words(n: usize) -> (Vec<AtomicU64>, Vec<u8>) {
+        let bytes: Vec<u8> = (0..8 * n).map(|i| (i * 7 + 3) as u8).collect();
+        let w = bytes
+            .chunks_exact(8)
+            .map(|c| AtomicU64::new(u64::from_ne_bytes(c.try_into().unwrap())))
+            .collect();
+        (w, bytes)
+    }
+
+    fn bytes_of_many(w: &[AtomicU64]) -> Vec<u8> {
+        w.iter()
+            .flat_map(|x| x.load(std::sync::atomic::Ordering::Relaxed).to_ne_bytes())
+            .collect()
+    }
+
+    /// The long copies (the bulk path on x86-64 with AVX, the word loop
+    /// elsewhere and under Miri) at every start in a 16-byte block, every
+    /// length class around the bulk threshold and its 64-byte steps, from
+    /// and into private buffers at every alignment.
+    #[test]
+    fn long_copies_of_every_alignment_touch_exactly_their_bytes() {
+        let lens: &[usize] = if cfg!(miri) {
+            &[0, 255, 256, 264, 333]
+        } else {
+            &[
+                0, 8, 200, 248, 255, 256, 257, 264, 272, 312, 320, 328, 1000, 4096, 4104, 65536,
+            ]
+        };
+        let words = lens.iter().max().unwrap() / 8 + 8;
+        for &len in lens {
+            for at in (0..16).step_by(if cfg!(miri) { 5 } else { 1 }) {
+                for private in [0usize, 1, 8] {
+                    let (w, before) = many_words(words);
+                    let base = w.as_ptr().cast::<u8>().cast_mut();
+                    let mut src_buf = vec![0u8; len + private];
+                    for (i, b) in src_buf.iter_mut().enumerate() {
+                        *b = (i * 13 + len) as u8 ^ 0x5A;
+                    }
+                    let src = &src_buf[private..];
+                    // SAFETY: `at + len < 8 * words`, so every word the copy
+                    // touches is one of `w`, which only this thread
+                    // accesses, atomically.
+                    unsafe { store_shared(src, base.add(at)) };
+                    let mut want = before.clone();
+                    want[at..at + len].copy_from_slice(src);
+                    assert!(
+                        bytes_of_many(&w) == want,
+                        "store of {len} at {at}+{private}"
+                    );
+                    let mut back_buf = vec![0u8; len + private];
+                    let back = &mut back_buf[private..];
+                    // SAFETY: as above.
+                    unsafe { load_shared(base.add(at), back) };
+                    assert!(back == src, "load of {len} at {at}+{private}");
+                }
+            }
+        }
+    }
+
+    /// The locked values' and channel rows' copies, whole words of one
+    /// buffer, long and short, with a cut last word.
+    #[test]
+    fn runs_of_words_copy_exactly() {
+        use super::{load_from_words, store_to_words};
+        for len in [0usize, 5, 8, 100, 256, 260, 1000, 4096] {
+            let (w, _) = many_words(len.div_ceil(8) + 1);
+            let src: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            store_to_words(&w, &src);
+            let mut back = vec![0u8; len];
+            load_from_words(&w, &mut back);
+            assert!(back == src, "{len} bytes");
+            let stored = bytes_of_many(&w);
+            assert!(
+                stored[..len] == src[..]
+                    && stored[len..len.div_ceil(8) * 8].iter().all(|&b| b == 0)
+            );
+        }
+    }
+
+    /// Long copies racing each other and `fetch_add`, on the hardware:
+    /// a copy out racing a copy in of the same words never sees a word
+    /// made of two writes (every word the copy in stores has eight equal
+    /// bytes), and a copy out of words that another thread increments sees
+    /// each word only move forward. The single-width rule, kept by the
+    /// bulk path's 16-byte moves.
+    #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "a timing race; Miri runs the word loop in the other tests"
+    )]
+    fn long_copies_racing_writers_see_whole_words() {
+        use std::sync::atomic::Ordering::Relaxed;
+        const N: usize = 512;
+        let filled: Vec<AtomicU64> = (0..N).map(|_| AtomicU64::new(0)).collect();
+        let counted: Vec<AtomicU64> = (0..N).map(|_| AtomicU64::new(0)).collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let filled_at = filled.as_ptr().cast::<u8>().cast_mut() as usize;
+        let counted_at = counted.as_ptr().cast::<u8>().cast_mut() as usize;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut src = vec![0u8; 8 * N];
+                let mut r = 1u8;
+                while !stop.load(Relaxed) {
+                    // Every word one byte repeated; the byte changes along
+                    // the buffer and from round to round.
+                    for (k, c) in src.chunks_exact_mut(8).enumerate() {
+                        c.fill(r.wrapping_add(k as u8));
+                    }
+                    // SAFETY: the copy covers exactly `filled`'s words,
+                    // accessed only atomically by every thread.
+                    unsafe { store_shared(&src, filled_at as *mut u8) };
+                    r = r.wrapping_add(1);
+                }
+            });
+            let adds = s.spawn(|| {
+                let mut n = 0u64;
+                while !stop.load(Relaxed) {
+                    for x in &counted {
+                        x.fetch_add(1, Relaxed);
+                    }
+                    n += 1;
+                }
+                n
+            });
+            let mut out = vec![0u8; 8 * N];
+            let mut last = vec![0u64; N];
+            let (mut torn, mut backwards, mut copies) = (0, 0, 0u64);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_millis(300);
+            while std::time::Instant::now() < deadline {
+                // SAFETY: as above, for `filled`'s words.
+                unsafe { load_shared(filled_at as *const u8, &mut out) };
+                torn += out
+                    .chunks_exact(8)
+                    .filter(|c| c.iter().any(|&b| b != c[0]))
+                    .count();
+                // SAFETY: as above, for `counted`'s words.
+                unsafe { load_shared(counted_at as *const u8, &mut out) };
+                for (c, seen) in out.chunks_exact(8).zip(&mut last) {
+                    let v = u64::from_ne_bytes(c.try_into().unwrap());
+                    backwards += usize::from(v < *seen);
+                    *seen = v;
+                }
+                copies += 1;
+            }
+            stop.store(true, Relaxed);
+            let rounds = adds.join().unwrap();
+            assert!(
+                copies > 100 && rounds > 100,
+                "the race ran ({copies} copies, {rounds} rounds)"
+            );
+            assert_eq!(torn, 0, "words made of two writes seen");
+            assert_eq!(backwards, 0, "a word seen going back");
+            assert!(counted.iter().all(|x| x.load(Relaxed) == rounds));
+        });
     }
 }
