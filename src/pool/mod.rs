@@ -41,6 +41,7 @@ mod grow;
 pub(crate) mod lock;
 pub(crate) mod notify;
 mod shared;
+mod view;
 
 pub(crate) use lock::{Liveness, Owner, PEER_LOCK_BASE, liveness_lock_error};
 

@@ -173,18 +173,63 @@ impl Slab {
         Ok(handle.len())
     }
 
-    /// Runs `f` on a private copy of the handle's bytes.
+    /// Runs `f` on a private copy of the handle's bytes: a snapshot taken
+    /// while the slot was live (a copy that raced a free is
+    /// [`Error::StaleHandle`], never passed to `f`). The copy lives in a
+    /// buffer this thread keeps and reuses (no allocation per call once it
+    /// has grown to the largest slot read this way, up to 1 MiB; beyond
+    /// that it is freed after each call). To read part of a slot without
+    /// copying all of it, use [`read_in_place`](Slab::read_in_place).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// let h = slab.alloc_bytes(5)?;
+    /// slab.write_bytes(h, 0, b"hello")?;
+    /// assert_eq!(slab.with_bytes(h, |b| b.to_ascii_uppercase())?, b"HELLO");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn with_bytes<R>(&self, handle: BytesHandle, f: impl FnOnce(&[u8]) -> R) -> Result<R> {
-        let mut copy = vec![0u8; self.checked_len(handle)?];
-        self.read_bytes(handle, 0, &mut copy)?;
-        Ok(f(&copy))
+        let len = self.checked_len(handle)?;
+        with_scratch(len, |copy| {
+            self.read_bytes(handle, 0, copy)?;
+            Ok(f(copy))
+        })
     }
 
-    /// Runs `f` on a private copy of the handle's bytes, then writes it back.
+    /// Runs `f` on a private copy of the handle's bytes, then writes it
+    /// back (the same thread-kept buffer as [`with_bytes`](Slab::with_bytes)).
+    /// Not atomic against other writers of the slot: coordinate those (a
+    /// [`Locked`](crate::Locked) value does).
     pub fn update_bytes(&self, handle: BytesHandle, f: impl FnOnce(&mut [u8])) -> Result<()> {
-        let mut copy = vec![0u8; self.checked_len(handle)?];
-        self.read_bytes(handle, 0, &mut copy)?;
-        f(&mut copy);
-        self.write_bytes(handle, 0, &copy)
+        let len = self.checked_len(handle)?;
+        with_scratch(len, |copy| {
+            self.read_bytes(handle, 0, copy)?;
+            f(copy);
+            self.write_bytes(handle, 0, copy)
+        })
     }
+}
+
+/// The largest buffer a thread keeps between calls of `with_bytes` and
+/// `update_bytes` (the default largest class).
+const SCRATCH_KEPT: usize = 1 << 20;
+
+/// Runs `f` on `len` bytes of this thread's scratch buffer (its contents
+/// are left from earlier calls: callers overwrite them first). A call made
+/// from inside `f` (`f` itself calling `with_bytes`), or during thread
+/// teardown, finds the buffer taken and uses a new one.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    let mut buf = SCRATCH.try_with(|s| s.take()).unwrap_or_default();
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let answer = f(&mut buf[..len]);
+    if buf.capacity() <= SCRATCH_KEPT {
+        let _ = SCRATCH.try_with(|s| s.set(buf));
+    }
+    answer
 }
