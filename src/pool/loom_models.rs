@@ -110,6 +110,32 @@ fn loom_models_alloc_racing_free() {
     });
 }
 
+/// A view (`read_in_place`'s open, copies, close) racing a free and a
+/// reuse of its slot with new bytes: if the close says the view saw one
+/// life, every copy it made is of that life (no answer of two lives).
+#[test]
+fn loom_models_a_view_racing_free_and_reuse_never_closes_over_two_lives() {
+    model(|| {
+        let [(p0, o0), (p1, _)] = processes();
+        let h = alloc(&p0, o0).unwrap();
+        p0.write_at(&h, 0, &[1; 16]).unwrap();
+        let t = thread::spawn(move || {
+            // Opened after the free: refused, nothing read.
+            let Ok(at) = p1.open_span(&h, 16) else { return };
+            let (mut a, mut b) = ([0u8; 8], [0u8; 8]);
+            p1.copy_from_span(at, 0, &mut a).unwrap();
+            p1.copy_from_span(at, 8, &mut b).unwrap();
+            if p1.close_span(&h, at).is_ok() {
+                assert_eq!((a, b), ([1; 8], [1; 8]), "closed over two lives");
+            }
+        });
+        free(&p0, h, o0).unwrap();
+        let again = alloc(&p0, o0).unwrap();
+        p0.write_at(&again, 0, &[2; 16]).unwrap();
+        t.join().unwrap();
+    });
+}
+
 #[test]
 fn loom_models_two_frees_of_one_handle_exactly_one_wins() {
     model(|| {
