@@ -4,12 +4,21 @@
 //!
 //! The stacks are fixed arrays inside the cache (no `Vec`), so the hot path
 //! reaches a slot id in two dependent loads from the thread's cache pointer.
+//! Their lengths and entries are `Cell`s: the cache is only ever reached by
+//! its own thread (`local::PerThread`), and with no `&mut` to hand out there
+//! is no borrow flag to set and clear on every alloc and free (a `RefCell`
+//! did that, and cost W1 ~10 instructions a pair). A call that re-entered
+//! the cache would see a consistent stack, never an aliased one.
 
 use crate::format::{MAX_CLASSES, SlotId};
-use std::cell::RefCell;
+use std::cell::Cell;
 
 /// Most slots one stack holds (the largest per-class limit).
 pub(crate) const STACK_MAX: usize = 256;
+
+// The hot path indexes with `% STACK_MAX` and `% MAX_CLASSES`, which must be
+// masks (no division) and no-ops for the values they see.
+const _: () = assert!(STACK_MAX.is_power_of_two() && MAX_CLASSES.is_power_of_two());
 
 /// Slots a thread may keep cached for a class of `slot_size`: about 256 KiB
 /// worth, between 2 and [`STACK_MAX`].
@@ -18,25 +27,28 @@ pub(crate) fn cache_limit(slot_size: u64) -> usize {
 }
 
 /// A bounded LIFO stack of slot ids, with its class's limit beside its
-/// length (one cache line holds both).
+/// length (one cache line holds both). Invariant: `len <= limit <=
+/// STACK_MAX`.
 #[derive(Debug)]
 pub(crate) struct Stack {
-    len: usize,
+    len: Cell<usize>,
     limit: usize,
-    ids: [SlotId; STACK_MAX],
+    ids: [Cell<SlotId>; STACK_MAX],
 }
 
 impl Stack {
-    const EMPTY: Stack = Stack {
-        len: 0,
-        limit: STACK_MAX,
-        ids: [SlotId::NIL; STACK_MAX],
-    };
+    const fn empty() -> Stack {
+        Stack {
+            len: Cell::new(0),
+            limit: STACK_MAX,
+            ids: [const { Cell::new(SlotId::NIL) }; STACK_MAX],
+        }
+    }
 
     /// Whether the stack holds its class's limit (free must flush first).
     #[inline(always)]
     pub(crate) fn is_full(&self) -> bool {
-        self.len >= self.limit
+        self.len.get() >= self.limit
     }
 
     /// The class's limit.
@@ -45,59 +57,110 @@ impl Stack {
     }
 
     #[inline(always)]
-    pub(crate) fn pop(&mut self) -> Option<SlotId> {
-        let n = self.len.checked_sub(1)?;
-        self.len = n;
-        self.ids.get(n).copied()
+    pub(crate) fn pop(&self) -> Option<SlotId> {
+        let n = self.len.get().checked_sub(1)?;
+        self.len.set(n);
+        // `n < len <= STACK_MAX`: the mask changes nothing and spares a
+        // bounds check.
+        Some(self.ids[n % STACK_MAX].get())
     }
 
-    /// Pushes `id`; the caller keeps `len() < STACK_MAX` (the per-class
-    /// limit is at most that). A push past it is dropped, never written.
+    /// Pushes `id` onto a stack that is not [full](Self::is_full) (the
+    /// caller just checked): then `len < limit <= STACK_MAX`, so the mask
+    /// changes nothing and there is no second bounds check.
     #[inline(always)]
-    pub(crate) fn push(&mut self, id: SlotId) {
-        if let Some(slot) = self.ids.get_mut(self.len) {
-            *slot = id;
-            self.len += 1;
+    pub(crate) fn push_unfull(&self, id: SlotId) {
+        let n = self.len.get();
+        debug_assert!(n < self.limit);
+        self.ids[n % STACK_MAX].set(id);
+        self.len.set(n + 1);
+    }
+
+    /// Pushes `id` unless the stack holds [`STACK_MAX`] ids already (the
+    /// per-class limit is at most that; callers stay below it): a push past
+    /// it is dropped, never written.
+    pub(crate) fn push(&self, id: SlotId) {
+        let n = self.len.get();
+        if let Some(slot) = self.ids.get(n) {
+            slot.set(id);
+            self.len.set(n + 1);
         }
     }
 
     #[inline(always)]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        self.len.get()
     }
 
-    /// The oldest `n` ids (the bottom of the stack).
-    pub(crate) fn oldest(&self, n: usize) -> &[SlotId] {
-        &self.ids[..n.min(self.len)]
+    /// Copies the oldest `n` ids (the bottom of the stack) into `out`.
+    pub(crate) fn oldest(&self, n: usize, out: &mut Vec<SlotId>) {
+        out.clear();
+        out.extend(self.ids[..n.min(self.len.get())].iter().map(Cell::get));
     }
 
     /// Removes the oldest `n` ids, keeping the rest in order.
-    pub(crate) fn drop_oldest(&mut self, n: usize) {
-        let n = n.min(self.len);
-        self.ids.copy_within(n..self.len, 0);
-        self.len -= n;
+    pub(crate) fn drop_oldest(&self, n: usize) {
+        let len = self.len.get();
+        let n = n.min(len);
+        for i in n..len {
+            self.ids[i - n].set(self.ids[i].get());
+        }
+        self.len.set(len - n);
     }
 }
 
-/// One thread's stacks, one per class, and a scratch vector for refills.
-#[derive(Debug)]
+/// One thread's stacks, one per class, and a scratch vector for refills and
+/// flushes (taken out while in use, so a nested use finds it empty and
+/// makes its own).
 pub(crate) struct ThreadCache {
-    pub(crate) stacks: [Stack; MAX_CLASSES],
-    pub(crate) scratch: Vec<SlotId>,
+    stacks: [Stack; MAX_CLASSES],
+    scratch: Cell<Vec<SlotId>>,
+}
+
+impl std::fmt::Debug for ThreadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ThreadCache")
+            .field("stacks", &self.stacks)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ThreadCache {
     /// A cache whose stack `c` holds at most `limits[c]` slots, in an
     /// allocation of its own.
-    pub(crate) fn new(limits: &[usize]) -> Box<RefCell<Self>> {
+    pub(crate) fn new(limits: &[usize]) -> Box<Self> {
         let mut cache = ThreadCache {
-            stacks: [const { Stack::EMPTY }; MAX_CLASSES],
-            scratch: Vec::with_capacity(STACK_MAX),
+            stacks: [const { Stack::empty() }; MAX_CLASSES],
+            scratch: Cell::new(Vec::with_capacity(STACK_MAX)),
         };
         for (stack, &limit) in cache.stacks.iter_mut().zip(limits) {
             stack.limit = limit.min(STACK_MAX);
         }
-        Box::new(RefCell::new(cache))
+        Box::new(cache)
+    }
+
+    /// The stack of class `c`. Classes are below [`MAX_CLASSES`] (the
+    /// format's limit), so the mask changes nothing and spares a bounds check.
+    #[inline(always)]
+    pub(crate) fn stack(&self, c: usize) -> &Stack {
+        &self.stacks[c % MAX_CLASSES]
+    }
+
+    /// All stacks, by class.
+    pub(crate) fn stacks(&self) -> &[Stack] {
+        &self.stacks
+    }
+
+    /// The scratch vector, emptied (a fresh one if it is in use).
+    pub(crate) fn take_scratch(&self) -> Vec<SlotId> {
+        let mut v = self.scratch.take();
+        v.clear();
+        v
+    }
+
+    /// Gives the scratch vector back for the next refill or flush.
+    pub(crate) fn put_scratch(&self, v: Vec<SlotId>) {
+        self.scratch.set(v);
     }
 }
 
@@ -107,24 +170,27 @@ mod tests {
 
     #[test]
     fn a_stack_is_lifo_and_drops_its_oldest_in_order() {
-        let mut s = Stack::EMPTY;
+        let s = Stack::empty();
         for i in 0..10 {
             s.push(SlotId::new(0, i));
         }
         assert_eq!(s.pop(), Some(SlotId::new(0, 9)));
+        let mut out = Vec::new();
+        s.oldest(3, &mut out);
         assert_eq!(
-            s.oldest(3),
+            out,
             &[SlotId::new(0, 0), SlotId::new(0, 1), SlotId::new(0, 2)]
         );
         s.drop_oldest(3);
         assert_eq!(s.len(), 6);
-        assert_eq!(s.oldest(1), &[SlotId::new(0, 3)]);
+        s.oldest(1, &mut out);
+        assert_eq!(out, &[SlotId::new(0, 3)]);
         assert_eq!(s.pop(), Some(SlotId::new(0, 8)));
     }
 
     #[test]
     fn a_full_stack_refuses_more() {
-        let mut s = Stack::EMPTY;
+        let s = Stack::empty();
         for i in 0..STACK_MAX as u32 + 5 {
             s.push(SlotId::new(0, i));
         }

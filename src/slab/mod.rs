@@ -18,9 +18,8 @@ use crate::peers::{self, ReclaimReport};
 use crate::pool::{Owner, Pool, SlotAddr};
 use crate::region::MmapRegion;
 use crate::sync::{AtomicBool, Ordering};
-use cache::{Stack, ThreadCache, cache_limit};
+use cache::{ThreadCache, cache_limit};
 use local::PerThread;
-use std::cell::RefCell;
 use std::path::Path;
 
 /// A process's attachment to a shared-memory segment: allocate slots, read
@@ -69,11 +68,12 @@ pub struct Slab {
     /// The process that attached. A forked child inherits the `Slab` but
     /// not its row, lock token or caches: it must neither use nor detach them.
     origin: Origin,
-    /// Each thread's cache, in an allocation of its own so that its
-    /// `RefCell` flag (written on every alloc and free) never shares a cache
-    /// line with another thread's: two threads' flags on one line made two
-    /// threads slower than one. `None` from it during thread teardown.
-    caches: PerThread<RefCell<ThreadCache>>,
+    /// Each thread's cache, in an allocation of its own so that its stack
+    /// lengths (written on every alloc and free) never share a cache line
+    /// with another thread's: two threads' borrow flags on one line once
+    /// made two threads slower than one. `None` from it during thread
+    /// teardown.
+    caches: PerThread<ThreadCache>,
     limits: Box<[usize]>,
     /// Class for each size up to `SMALL_SIZES` in 16-byte steps.
     small_classes: Box<[u8]>,
@@ -262,7 +262,7 @@ impl Slab {
     /// `None` while the thread's thread-locals are being destroyed: the
     /// caller then takes its uncached path (see `local`).
     #[inline(always)]
-    fn cache(&self) -> Option<&RefCell<ThreadCache>> {
+    fn cache(&self) -> Option<&ThreadCache> {
         match self.caches.remembered() {
             Some(cache) => Some(cache),
             None => self.cache_slow(),
@@ -270,7 +270,7 @@ impl Slab {
     }
 
     #[cold]
-    fn cache_slow(&self) -> Option<&RefCell<ThreadCache>> {
+    fn cache_slow(&self) -> Option<&ThreadCache> {
         self.caches.get_or(|| {
             // A thread with a cache can hold slots: detaching must scan.
             self.owns_slots.store(true, Ordering::Relaxed);
@@ -340,13 +340,10 @@ impl Slab {
         align: u64,
     ) -> Result<(SlotRef, SlotAddr)> {
         let (c, id) = match self.cache() {
-            Some(cache) => {
-                let mut cache = cache.borrow_mut();
-                match cache.stacks[first].pop() {
-                    Some(id) => (first, id),
-                    None => self.alloc_slow(&mut cache, first, align)?,
-                }
-            }
+            Some(cache) => match cache.stack(first).pop() {
+                Some(id) => (first, id),
+                None => self.alloc_slow(cache, first, align)?,
+            },
             None => self.take_uncached(first, align)?,
         };
         pool.activate(c, id, self.me)
@@ -358,11 +355,10 @@ impl Slab {
     fn take_uncached(&self, first: usize, align: u64) -> Result<(usize, SlotId)> {
         self.owns_slots.store(true, Ordering::Relaxed);
         let cache = ThreadCache::new(&self.limits);
-        let mut cache = cache.borrow_mut();
-        let got = self.alloc_slow(&mut cache, first, align);
+        let got = self.alloc_slow(&cache, first, align);
         // The slot is ours either way; a failed flush leaves the rest cached
         // by us, for detach or reclaim.
-        let _ = self.flush_all(&mut cache);
+        let _ = self.flush_all(&cache);
         got
     }
 
@@ -377,12 +373,7 @@ impl Slab {
     /// requests, and the tour's file came out 2× (one class up) to 3×
     /// (any class) larger than with growth first.
     #[cold]
-    fn alloc_slow(
-        &self,
-        cache: &mut ThreadCache,
-        first: usize,
-        align: u64,
-    ) -> Result<(usize, SlotId)> {
+    fn alloc_slow(&self, cache: &ThreadCache, first: usize, align: u64) -> Result<(usize, SlotId)> {
         // Growth can be consumed by other processes before we get a slot of
         // it; a few rounds settle that, more would mean something is wrong.
         // (`class_for` chose `first` for `align`, and its stack is empty.)
@@ -408,7 +399,7 @@ impl Slab {
     /// alignment `align` that has one cached or on its shared list.
     fn fall_through(
         &self,
-        cache: &mut ThreadCache,
+        cache: &ThreadCache,
         first: usize,
         align: u64,
     ) -> Result<Option<(usize, SlotId)>> {
@@ -416,7 +407,7 @@ impl Slab {
             if self.pool.class(c).align < align {
                 continue;
             }
-            if let Some(id) = cache.stacks[c].pop() {
+            if let Some(id) = cache.stack(c).pop() {
                 return Ok(Some((c, id)));
             }
             if self.pool.has_free(c) {
@@ -431,17 +422,18 @@ impl Slab {
     /// Moves a batch of class `c`'s free or fresh slots from the shared
     /// list into the cache and pops one. Also returns the extent count the
     /// take saw, which growth needs.
-    fn refill(&self, cache: &mut ThreadCache, c: usize) -> Result<(Option<SlotId>, u32)> {
-        let batch = (cache.stacks[c].limit() / 2).max(1);
-        let ThreadCache { stacks, scratch } = cache;
-        scratch.clear();
+    fn refill(&self, cache: &ThreadCache, c: usize) -> Result<(Option<SlotId>, u32)> {
+        let stack = cache.stack(c);
+        let batch = (stack.limit() / 2).max(1);
+        let mut scratch = cache.take_scratch();
         // Slots taken before an error are ours (cached by us): keep them.
-        let taken = self.pool.take(c, self.me, batch, scratch);
+        let taken = self.pool.take(c, self.me, batch, &mut scratch);
         for &id in scratch.iter() {
-            stacks[c].push(id);
+            stack.push(id);
         }
+        cache.put_scratch(scratch);
         let seen = taken?;
-        Ok((stacks[c].pop(), seen))
+        Ok((stack.pop(), seen))
     }
 
     /// Frees the slot a handle names. Exactly one of two racing frees of one
@@ -463,29 +455,36 @@ impl Slab {
         let Some(cache) = self.cache() else {
             return pool.give(c, self.me, &[id]);
         };
-        let mut cache = cache.borrow_mut();
-        let stack = &mut cache.stacks[c];
+        let stack = cache.stack(c);
         if stack.is_full() {
-            return self.flush_and_push(c, stack, id);
+            return self.flush_and_push(cache, c, id);
         }
-        stack.push(id);
+        stack.push_unfull(id);
         Ok(())
     }
 
     /// A full cache stack: return its older half to the shared list, then
     /// push `id` (which is freed either way).
     #[cold]
-    fn flush_and_push(&self, c: usize, stack: &mut Stack, id: SlotId) -> Result<()> {
-        let result = self.flush(c, stack, stack.limit() / 2);
+    fn flush_and_push(&self, cache: &ThreadCache, c: usize, id: SlotId) -> Result<()> {
+        let stack = cache.stack(c);
+        let result = self.flush(cache, c, stack.limit() / 2);
         stack.push(id);
         result
     }
 
     /// Returns all but `keep` of a cache stack's oldest slots to the shared list.
     #[cold]
-    fn flush(&self, c: usize, stack: &mut Stack, keep: usize) -> Result<()> {
+    fn flush(&self, cache: &ThreadCache, c: usize, keep: usize) -> Result<()> {
+        let stack = cache.stack(c);
         let n = stack.len().saturating_sub(keep);
-        let result = self.pool.give(c, self.me, stack.oldest(n));
+        if n == 0 {
+            return Ok(());
+        }
+        let mut ids = cache.take_scratch();
+        stack.oldest(n, &mut ids);
+        let result = self.pool.give(c, self.me, &ids);
+        cache.put_scratch(ids);
         stack.drop_oldest(n);
         result
     }
@@ -497,15 +496,15 @@ impl Slab {
         let Some(cache) = self.cache() else {
             return Ok(());
         };
-        self.flush_all(&mut cache.borrow_mut())
+        self.flush_all(cache)
     }
 
     /// Returns every slot of every stack of `cache` to the shared lists
     /// (all classes are tried; the last error is reported).
-    fn flush_all(&self, cache: &mut ThreadCache) -> Result<()> {
+    fn flush_all(&self, cache: &ThreadCache) -> Result<()> {
         let mut result = Ok(());
-        for (c, stack) in cache.stacks.iter_mut().enumerate() {
-            if let Err(e) = self.flush(c, stack, 0) {
+        for c in 0..cache.stacks().len() {
+            if let Err(e) = self.flush(cache, c, 0) {
                 result = Err(e);
             }
         }
