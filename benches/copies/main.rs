@@ -7,7 +7,11 @@
 //! ratios and the target of issue 13: copies at ≥ 0.5× `copy_from_slice`
 //! for 4 KiB and 64 KiB, in and out of cache.
 //!
-//! `cargo bench -- copy` runs only these. `SHMSLAB_BENCH_COLD_MIB` sets the
+//! Then one 64 KiB message sent and consumed staged (`Vec`, `write_bytes`,
+//! `read_bytes`) and in place (a loan, `read_in_place`): criterion's
+//! `message` group.
+//!
+//! `cargo bench -- copy` runs only the copies, `-- message` the messages. `SHMSLAB_BENCH_COLD_MIB` sets the
 //! out-of-cache working set (default 1024 MiB: half slots, half private
 //! buffers); `SHMSLAB_BENCH_QUICK=1` shortens every measurement.
 
@@ -101,7 +105,8 @@ fn selected(name: &str) -> bool {
 }
 
 fn main() {
-    if !selected("copy-in/") && !selected("copy-out/") && !selected("copy") {
+    if !selected("copy-in/") && !selected("copy-out/") && !selected("copy") && !selected("message/")
+    {
         return;
     }
     let cold_bytes = std::env::var("SHMSLAB_BENCH_COLD_MIB")
@@ -163,7 +168,70 @@ fn main() {
             }
         }
     }
+    if selected("message/") {
+        message_bench(&mut c, &slab);
+    }
     print_table(&rows);
+}
+
+/// A 64 KiB message made of 16 chunks of 4 KiB (a serializer's output),
+/// sent and consumed (a wrapping sum of every chunk's words) through the segment:
+/// staged (a `Vec` built, `write_bytes`, then `read_bytes` into another
+/// `Vec`) or in place (a loan written chunk by chunk, then `read_in_place`
+/// streaming 4 KiB at a time). Each includes the slot's alloc and free.
+fn message_bench(c: &mut Criterion, slab: &Slab) {
+    const CHUNK: usize = 4 << 10;
+    const LEN: usize = 64 << 10;
+    let chunk: Vec<u8> = (0..CHUNK).map(|i| (i * 13) as u8).collect();
+    // The consumer's work: a wrapping sum of the words (cheap, vectorised,
+    // so the copies are what differ).
+    let sum = |b: &[u8]| {
+        b.chunks_exact(8)
+            .map(|w| u64::from_ne_bytes(w.try_into().expect("8 bytes")))
+            .fold(0u64, u64::wrapping_add)
+    };
+    let want: u64 = sum(&chunk).wrapping_mul(16);
+    let mut g = c.benchmark_group("message");
+    g.throughput(Throughput::Bytes(LEN as u64));
+    g.bench_function("64KiB/staged", |b| {
+        let mut staged = Vec::with_capacity(LEN);
+        let mut received = vec![0u8; LEN];
+        b.iter(|| {
+            staged.clear();
+            for _ in 0..LEN / CHUNK {
+                staged.extend_from_slice(black_box(&chunk));
+            }
+            let h = slab.alloc_bytes(LEN).expect("alloc_bytes");
+            slab.write_bytes(h, 0, &staged).expect("write_bytes");
+            slab.read_bytes(h, 0, &mut received).expect("read_bytes");
+            let total = received.chunks(CHUNK).map(sum).fold(0, u64::wrapping_add);
+            slab.free(h).expect("free");
+            assert_eq!(total, want);
+        })
+    });
+    g.bench_function("64KiB/loan+view", |b| {
+        let mut out = vec![0u8; CHUNK];
+        b.iter(|| {
+            let mut loan = slab.loan_bytes(LEN).expect("loan_bytes");
+            for _ in 0..LEN / CHUNK {
+                std::io::Write::write_all(&mut loan, black_box(&chunk)).expect("write");
+            }
+            let h = loan.into_handle();
+            let total = slab
+                .read_in_place(h, |v| {
+                    let mut total = 0;
+                    for at in (0..v.len()).step_by(CHUNK) {
+                        v.read_at(at, &mut out).expect("read_at");
+                        total = u64::wrapping_add(total, sum(&out));
+                    }
+                    total
+                })
+                .expect("read_in_place");
+            slab.free(h).expect("free");
+            assert_eq!(total, want);
+        })
+    });
+    g.finish();
 }
 
 /// One line of the table: GB/s of both, median over repetitions that run
