@@ -195,6 +195,17 @@ impl SlotRef {
             && self.generation != 0
     }
 
+    /// The part of [`well_formed`](Self::well_formed) the hot path tests
+    /// itself: extent below 64 and reserved bits zero (one compare:
+    /// `extent + 256 * reserved < 64`), generation not zero. The index bound
+    /// is left to the test against the extent's slot count, which implies it.
+    #[inline(always)]
+    pub(crate) fn shape_ok(&self) -> bool {
+        const _: () = assert!(MAX_EXTENTS == 64);
+        ((self.extent as u32 | (self.reserved as u32) << 8) < MAX_EXTENTS as u32)
+            & (self.generation != 0)
+    }
+
     pub(crate) fn slot_id(&self) -> SlotId {
         SlotId::new(
             self.extent as u32 % MAX_EXTENTS as u32,

@@ -86,8 +86,11 @@ pub(crate) struct SlotAddr {
     pub size: u64,
 }
 
-/// A checked extent, written once by the refreshing thread before `known`
-/// is bumped past it, and never changed after.
+/// A checked extent, written once by the refreshing thread and never
+/// changed after. `slots` is written last (Release) and is 0 until then, so
+/// a nonzero count read with Acquire (a plain load on x86-64) proves the
+/// extent checked and its offsets written: the hot path's one test of an
+/// extent, an index below its count, needs no separate look at `known`.
 #[derive(Debug)]
 struct ExtentView {
     meta: AtomicU64,
@@ -108,13 +111,14 @@ pub(crate) struct ClassView {
 }
 
 impl ClassView {
-    /// Makes checked extent `e` usable: its view is written once, before
-    /// `known` passes it.
+    /// Makes checked extent `e` usable: its view is written once, the slot
+    /// count last, before `known` passes it. (A checked extent has at least
+    /// one slot, so a published count is never 0.)
     fn publish(&self, e: usize, info: &ExtentInfo) {
         let view = &self.extents[e];
         view.meta.store(info.offset, Ordering::Relaxed);
         view.data.store(info.data_offset, Ordering::Relaxed);
-        view.slots.store(info.slots, Ordering::Relaxed);
+        view.slots.store(info.slots, Ordering::Release);
         self.known.store(e as u32 + 1, Ordering::Release);
     }
 
@@ -341,27 +345,42 @@ impl<M: Memory> Pool<M> {
     /// Where slot `id` of class `c` lives, if it exists.
     #[inline(always)]
     pub(crate) fn locate(&self, c: usize, id: SlotId) -> Result<SlotAddr> {
+        // A `SlotId`'s extent is below 2^6 = MAX_EXTENTS (30 bits in all).
+        self.locate_at(c, id.extent() as usize, id.index())
+    }
+
+    /// Where slot `i` of extent `e` of class `c` lives, if it exists; `e` is
+    /// below [`MAX_EXTENTS`] (the caller checked), `i` anything.
+    ///
+    /// One test per level: the class exists, and `i` is below the extent's
+    /// published slot count (0 for an extent this process has not checked,
+    /// see [`ExtentView`]). Only when that fails does the cold path look for
+    /// new extents and tell the errors apart.
+    #[inline(always)]
+    fn locate_at(&self, c: usize, e: usize, i: u32) -> Result<SlotAddr> {
         let Some(cv) = self.classes.get(c) else {
             return Err(invalid("no such size class"));
         };
-        let e = id.extent() as usize;
-        if e >= cv.known.load(Ordering::Acquire) as usize {
-            self.locate_new_extent(c, e)?;
-        }
-        let i = id.index();
-        if i >= cv.extents[e % MAX_EXTENTS].slots.load(Ordering::Relaxed) {
-            return Err(invalid("slot index past its extent"));
+        // `% MAX_EXTENTS` is a no-op for the `e` callers pass; it spares a
+        // bounds check.
+        if i >= cv.extents[e % MAX_EXTENTS].slots.load(Ordering::Acquire) {
+            return self.locate_slow(c, e, i);
         }
         Ok(cv.slot_addr(e, i))
     }
 
-    /// An id in an extent we have not checked yet: look for new extents.
+    /// `i` is not below the slot count this process has for extent `e`:
+    /// the extent may be one published since we last looked.
     #[cold]
-    fn locate_new_extent(&self, c: usize, e: usize) -> Result<()> {
-        if e >= self.refresh(c)? as usize {
+    fn locate_slow(&self, c: usize, e: usize, i: u32) -> Result<SlotAddr> {
+        let cv = &self.classes[c];
+        if e >= cv.known.load(Ordering::Acquire) as usize && e >= self.refresh(c)? as usize {
             return Err(invalid("no such extent"));
         }
-        Ok(())
+        if i >= cv.extents[e % MAX_EXTENTS].slots.load(Ordering::Acquire) {
+            return Err(invalid("slot index past its extent"));
+        }
+        Ok(cv.slot_addr(e, i))
     }
 
     /// The metadata word of a located slot.
@@ -377,20 +396,30 @@ impl<M: Memory> Pool<M> {
     }
 
     /// Checks that `h` names a real slot of this segment.
+    ///
+    /// The checks of [`SlotRef::well_formed`], split so the hot path makes
+    /// two tests instead of five: extent and reserved bits (one compare) and
+    /// the generation here; the index bound in `locate_at`, whose test
+    /// against the extent's slot count implies it (a count is below
+    /// `MAX_SLOTS_PER_EXTENT`). A failure there asks `well_formed` first,
+    /// so a malformed handle gets the error it always got.
     #[inline(always)]
     pub(crate) fn check_ref(&self, h: &SlotRef) -> Result<(usize, SlotId, SlotAddr)> {
         if h.segment != self.geo.segment_id {
             return Err(not_ours(self.geo.segment_id, h));
         }
-        if !h.well_formed() {
+        if !h.shape_ok() {
             return Err(invalid("malformed handle"));
         }
         let c = h.class as usize;
-        // Not `h.slot_id()`: its masks are no-ops once `well_formed` passed,
-        // but the compiler keeps them, and W1 measured 0.7 ns slower.
-        let id = SlotId::new(h.extent as u32, h.index);
-        let addr = self.locate(c, id)?;
-        Ok((c, id, addr))
+        let e = h.extent as usize;
+        let addr = match self.locate_at(c, e, h.index) {
+            Ok(addr) => addr,
+            Err(e) => return Err(malformed_or(h, e)),
+        };
+        // `index` is below its extent's slot count, so below 2^24 − 1: the
+        // id is exact.
+        Ok((c, SlotId::new(e as u32, h.index), addr))
     }
 
     /// Turns a slot from this owner's cache into an allocation: the next
@@ -690,6 +719,18 @@ fn out_of_bounds(offset: u64, len: usize, capacity: u64) -> Error {
 #[cold]
 fn invalid(why: &'static str) -> Error {
     Error::InvalidHandle { why }
+}
+
+/// The error for a handle that `locate` refused: "malformed" if it is (an
+/// index past any extent's bound), as the full shape check made it before
+/// the bound was left to `locate`; otherwise `locate`'s own.
+#[cold]
+fn malformed_or(h: &SlotRef, e: Error) -> Error {
+    if h.well_formed() {
+        e
+    } else {
+        invalid("malformed handle")
+    }
 }
 
 /// A handle whose segment id is not this segment's: the null handle, a
