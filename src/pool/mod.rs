@@ -98,6 +98,32 @@ struct ExtentView {
     slots: AtomicU32,
 }
 
+impl ExtentView {
+    /// A table of unpublished extents. (A `const` block where the atomics'
+    /// constructors are `const`: one fill of zeros, where building 64
+    /// views one by one cost attach ~9,000 instructions for 15 classes.)
+    #[cfg(not(loom))]
+    fn none() -> [ExtentView; MAX_EXTENTS] {
+        [const {
+            ExtentView {
+                meta: AtomicU64::new(0),
+                data: AtomicU64::new(0),
+                slots: AtomicU32::new(0),
+            }
+        }; MAX_EXTENTS]
+    }
+
+    /// A table of unpublished extents (loom's atomics are built at run time).
+    #[cfg(loom)]
+    fn none() -> [ExtentView; MAX_EXTENTS] {
+        std::array::from_fn(|_| ExtentView {
+            meta: AtomicU64::new(0),
+            data: AtomicU64::new(0),
+            slots: AtomicU32::new(0),
+        })
+    }
+}
+
 /// What this process knows about one size class.
 #[derive(Debug)]
 pub(crate) struct ClassView {
@@ -200,11 +226,7 @@ impl<M: Memory> Pool<M> {
                 align: (1u64 << size.trailing_zeros()).min(MAX_SLOT_ALIGN),
                 local: Mutex::new(()),
                 known: AtomicU32::new(0),
-                extents: std::array::from_fn(|_| ExtentView {
-                    meta: AtomicU64::new(0),
-                    data: AtomicU64::new(0),
-                    slots: AtomicU32::new(0),
-                }),
+                extents: ExtentView::none(),
             })
             .collect();
         let pool = Pool {

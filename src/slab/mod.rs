@@ -147,7 +147,7 @@ impl Slab {
             .map(|c| cache_limit(pool.class(c).size))
             .collect();
         let sizes = &pool.geo.config.class_sizes;
-        let mut small_classes = Vec::new();
+        let mut small_classes = Vec::with_capacity(SMALL_SIZES as usize / 16 + 1);
         let mut c = 0;
         for k in 0..=SMALL_SIZES / 16 {
             while c < sizes.len() && sizes[c] < k * 16 {
