@@ -203,3 +203,42 @@ fn a_retired_word_is_checked_like_any_other_untrusted_word() {
     assert!(p.read_at(&h, 0, &mut [0; 8]).is_err());
     assert!(free(&p, &h, me).is_err());
 }
+
+/// The thread cache's activation (`activate_cached`) with the generation a
+/// free left: the word it stores is the one `activate` would, and a word
+/// that is not the remembered one (forged by a peer) gets `activate`'s own
+/// checks, so a last generation is retired, never wrapped.
+#[test]
+fn activation_from_a_remembered_generation_checks_the_word_it_replaces() {
+    let (p, o) = pool(1);
+    let me = o[0];
+    let first = alloc(&p, me);
+    let id = first.slot_id();
+    p.release(&first, me).unwrap();
+    // As remembered: the next generation, the same word `activate` stores.
+    let (second, _) = p.activate_cached(0, id, first.generation, me).unwrap();
+    assert_eq!(second.generation, first.generation + 1);
+    assert_eq!(
+        load(&p, id),
+        Meta::new(second.generation, SlotState::Allocated, me.id)
+    );
+    p.release(&second, me).unwrap();
+    // Not as remembered (a peer rewrote the generation): the word's own.
+    forge_generation(&p, id, 1000);
+    let (third, _) = p.activate_cached(0, id, second.generation, me).unwrap();
+    assert_eq!(third.generation, 1001);
+    p.release(&third, me).unwrap();
+    // Unknown (a refill cut short): the word's own, too.
+    let (fourth, _) = p.activate_cached(0, id, LAST_GENERATION, me).unwrap();
+    assert_eq!(fourth.generation, 1002);
+    p.release(&fourth, me).unwrap();
+    // Forged into the last generation behind the cache's back: retired.
+    forge_generation(&p, id, LAST_GENERATION);
+    assert!(matches!(
+        p.activate_cached(0, id, fourth.generation, me),
+        Err(Error::Corrupt { .. })
+    ));
+    assert_eq!(load(&p, id), Meta::RETIRED);
+    assert_stale(&p, &fourth, me);
+    assert_eq!(clean(&p).classes[0].retired, 1);
+}

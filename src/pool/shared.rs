@@ -54,16 +54,46 @@ impl<M: Memory> Pool<M> {
         i < self.extent_slots(c, e) || (e as u64 + 1) < shared.max(known as u64)
     }
 
-    /// Moves up to `want` slots of class `c` into `out`, each now *cached* by
-    /// `owner`: first from the free list, then from the fresh tail.
-    /// Returns the class's extent count as seen under the lock: the `seen`
-    /// to pass to [`grow`](Pool::grow) when nothing could be taken.
+    /// [`take_with_generations`](Pool::take_with_generations) without the
+    /// generations (the pool's tests and models refill through this).
+    #[cfg(test)]
     pub(crate) fn take(
         &self,
         c: usize,
         owner: Owner,
         want: usize,
         out: &mut Vec<SlotId>,
+    ) -> Result<u32> {
+        self.take_into(c, owner, want, out, None)
+    }
+
+    /// Moves up to `want` slots of class `c` into `out`, each now *cached* by
+    /// `owner`: first from the free list, then from the fresh tail.
+    /// Returns the class's extent count as seen under the lock: the `seen`
+    /// to pass to [`grow`](Pool::grow) when nothing could be taken.
+    ///
+    /// Also pushes onto `generations` the generation of each slot's cached
+    /// word, in the order of `out` (a thread cache remembers it, see
+    /// [`activate_cached`](Pool::activate_cached)). After an error it may be
+    /// shorter than `out`: the slots past it have words not known here.
+    pub(crate) fn take_with_generations(
+        &self,
+        c: usize,
+        owner: Owner,
+        want: usize,
+        out: &mut Vec<SlotId>,
+        generations: &mut Vec<u32>,
+    ) -> Result<u32> {
+        self.take_into(c, owner, want, out, Some(generations))
+    }
+
+    fn take_into(
+        &self,
+        c: usize,
+        owner: Owner,
+        want: usize,
+        out: &mut Vec<SlotId>,
+        mut generations: Option<&mut Vec<u32>>,
     ) -> Result<u32> {
         let _g = self.lock_class(c, owner)?;
         let list = self.free_list(c)?;
@@ -97,10 +127,18 @@ impl<M: Memory> Pool<M> {
             list.count.store(n.saturating_sub(1), Ordering::Relaxed);
             if !last {
                 out.push(id);
+                if let Some(g) = generations.as_deref_mut() {
+                    g.push(m.generation());
+                }
             }
         }
         if out.len() < target {
-            return self.claim_fresh(c, owner, target - out.len(), out);
+            let seen = self.claim_fresh(c, owner, target - out.len(), out)?;
+            // Every slot it kept has the word *cached by owner, generation 0*.
+            if let Some(g) = generations {
+                g.resize(out.len(), 0);
+            }
+            return Ok(seen);
         }
         Ok(self.class(c).known.load(Ordering::Acquire))
     }

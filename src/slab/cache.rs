@@ -10,7 +10,7 @@
 //! did that, and cost W1 ~10 instructions a pair). A call that re-entered
 //! the cache would see a consistent stack, never an aliased one.
 
-use crate::format::{MAX_CLASSES, SlotId};
+use crate::format::{LAST_GENERATION, MAX_CLASSES, SlotId};
 use std::cell::Cell;
 
 /// Most slots one stack holds (the largest per-class limit).
@@ -26,14 +26,32 @@ pub(crate) fn cache_limit(slot_size: u64) -> usize {
     ((256 << 10) / slot_size).clamp(2, STACK_MAX as u64) as usize
 }
 
+/// The generation a stack entry carries when the slot's cached word was
+/// not seen (a refill): the last generation, which no cached slot has.
+pub(crate) const UNKNOWN_GENERATION: u32 = LAST_GENERATION;
+
 /// A bounded LIFO stack of slot ids, with its class's limit beside its
 /// length (one cache line holds both). Invariant: `len <= limit <=
 /// STACK_MAX`.
+///
+/// Each entry is a slot id and the generation its cached word has (as this
+/// process last wrote it: a free knows it), so that activation computes the
+/// next word without waiting for the load that checks the word
+/// ([`Pool::activate_cached`](crate::pool::Pool::activate_cached)).
 #[derive(Debug)]
 pub(crate) struct Stack {
     len: Cell<usize>,
     limit: usize,
-    ids: [Cell<SlotId>; STACK_MAX],
+    /// `generation << 32 | id`.
+    entries: [Cell<u64>; STACK_MAX],
+}
+
+fn entry(id: SlotId, generation: u32) -> u64 {
+    (generation as u64) << 32 | id.raw() as u64
+}
+
+fn id_of(entry: u64) -> SlotId {
+    SlotId::from_raw(entry as u32)
 }
 
 impl Stack {
@@ -41,7 +59,7 @@ impl Stack {
         Stack {
             len: Cell::new(0),
             limit: STACK_MAX,
-            ids: [const { Cell::new(SlotId::NIL) }; STACK_MAX],
+            entries: [const { Cell::new(0) }; STACK_MAX],
         }
     }
 
@@ -56,33 +74,35 @@ impl Stack {
         self.limit
     }
 
+    /// The newest id and its cached generation.
     #[inline(always)]
-    pub(crate) fn pop(&self) -> Option<SlotId> {
+    pub(crate) fn pop(&self) -> Option<(SlotId, u32)> {
         let n = self.len.get().checked_sub(1)?;
         self.len.set(n);
         // `n < len <= STACK_MAX`: the mask changes nothing and spares a
         // bounds check.
-        Some(self.ids[n % STACK_MAX].get())
+        let e = self.entries[n % STACK_MAX].get();
+        Some((id_of(e), (e >> 32) as u32))
     }
 
     /// Pushes `id` onto a stack that is not [full](Self::is_full) (the
     /// caller just checked): then `len < limit <= STACK_MAX`, so the mask
     /// changes nothing and there is no second bounds check.
     #[inline(always)]
-    pub(crate) fn push_unfull(&self, id: SlotId) {
+    pub(crate) fn push_unfull(&self, id: SlotId, generation: u32) {
         let n = self.len.get();
         debug_assert!(n < self.limit);
-        self.ids[n % STACK_MAX].set(id);
+        self.entries[n % STACK_MAX].set(entry(id, generation));
         self.len.set(n + 1);
     }
 
     /// Pushes `id` unless the stack holds [`STACK_MAX`] ids already (the
     /// per-class limit is at most that; callers stay below it): a push past
     /// it is dropped, never written.
-    pub(crate) fn push(&self, id: SlotId) {
+    pub(crate) fn push(&self, id: SlotId, generation: u32) {
         let n = self.len.get();
-        if let Some(slot) = self.ids.get(n) {
-            slot.set(id);
+        if let Some(slot) = self.entries.get(n) {
+            slot.set(entry(id, generation));
             self.len.set(n + 1);
         }
     }
@@ -95,7 +115,11 @@ impl Stack {
     /// Copies the oldest `n` ids (the bottom of the stack) into `out`.
     pub(crate) fn oldest(&self, n: usize, out: &mut Vec<SlotId>) {
         out.clear();
-        out.extend(self.ids[..n.min(self.len.get())].iter().map(Cell::get));
+        out.extend(
+            self.entries[..n.min(self.len.get())]
+                .iter()
+                .map(|e| id_of(e.get())),
+        );
     }
 
     /// Removes the oldest `n` ids, keeping the rest in order.
@@ -103,7 +127,7 @@ impl Stack {
         let len = self.len.get();
         let n = n.min(len);
         for i in n..len {
-            self.ids[i - n].set(self.ids[i].get());
+            self.entries[i - n].set(self.entries[i].get());
         }
         self.len.set(len - n);
     }
@@ -115,6 +139,8 @@ impl Stack {
 pub(crate) struct ThreadCache {
     stacks: [Stack; MAX_CLASSES],
     scratch: Cell<Vec<SlotId>>,
+    /// The generations of a refill's slots (beside `scratch`).
+    generations: Cell<Vec<u32>>,
 }
 
 impl std::fmt::Debug for ThreadCache {
@@ -132,6 +158,7 @@ impl ThreadCache {
         let mut cache = ThreadCache {
             stacks: [const { Stack::empty() }; MAX_CLASSES],
             scratch: Cell::new(Vec::with_capacity(STACK_MAX)),
+            generations: Cell::new(Vec::with_capacity(STACK_MAX)),
         };
         for (stack, &limit) in cache.stacks.iter_mut().zip(limits) {
             stack.limit = limit.min(STACK_MAX);
@@ -162,6 +189,18 @@ impl ThreadCache {
     pub(crate) fn put_scratch(&self, v: Vec<SlotId>) {
         self.scratch.set(v);
     }
+
+    /// The generations vector, emptied (a fresh one if it is in use).
+    pub(crate) fn take_generations(&self) -> Vec<u32> {
+        let mut v = self.generations.take();
+        v.clear();
+        v
+    }
+
+    /// Gives the generations vector back.
+    pub(crate) fn put_generations(&self, v: Vec<u32>) {
+        self.generations.set(v);
+    }
 }
 
 #[cfg(test)]
@@ -172,9 +211,9 @@ mod tests {
     fn a_stack_is_lifo_and_drops_its_oldest_in_order() {
         let s = Stack::empty();
         for i in 0..10 {
-            s.push(SlotId::new(0, i));
+            s.push(SlotId::new(0, i), i + 100);
         }
-        assert_eq!(s.pop(), Some(SlotId::new(0, 9)));
+        assert_eq!(s.pop(), Some((SlotId::new(0, 9), 109)));
         let mut out = Vec::new();
         s.oldest(3, &mut out);
         assert_eq!(
@@ -185,14 +224,14 @@ mod tests {
         assert_eq!(s.len(), 6);
         s.oldest(1, &mut out);
         assert_eq!(out, &[SlotId::new(0, 3)]);
-        assert_eq!(s.pop(), Some(SlotId::new(0, 8)));
+        assert_eq!(s.pop(), Some((SlotId::new(0, 8), 108)));
     }
 
     #[test]
     fn a_full_stack_refuses_more() {
         let s = Stack::empty();
         for i in 0..STACK_MAX as u32 + 5 {
-            s.push(SlotId::new(0, i));
+            s.push(SlotId::new(0, i), UNKNOWN_GENERATION);
         }
         assert_eq!(s.len(), STACK_MAX);
         assert_eq!(cache_limit(64), STACK_MAX);

@@ -18,7 +18,7 @@ use crate::peers::{self, ReclaimReport};
 use crate::pool::{Owner, Pool, SlotAddr};
 use crate::region::MmapRegion;
 use crate::sync::{AtomicBool, Ordering};
-use cache::{ThreadCache, cache_limit};
+use cache::{ThreadCache, UNKNOWN_GENERATION, cache_limit};
 use local::PerThread;
 use std::path::Path;
 
@@ -339,20 +339,20 @@ impl Slab {
         first: usize,
         align: u64,
     ) -> Result<(SlotRef, SlotAddr)> {
-        let (c, id) = match self.cache() {
+        let (c, (id, generation)) = match self.cache() {
             Some(cache) => match cache.stack(first).pop() {
-                Some(id) => (first, id),
+                Some(entry) => (first, entry),
                 None => self.alloc_slow(cache, first, align)?,
             },
             None => self.take_uncached(first, align)?,
         };
-        pool.activate(c, id, self.me)
+        pool.activate_cached(c, id, generation, self.me)
     }
 
     /// A slot for a thread whose thread-locals are being destroyed: a cache
     /// of its own for this one call, emptied back to the shared lists.
     #[cold]
-    fn take_uncached(&self, first: usize, align: u64) -> Result<(usize, SlotId)> {
+    fn take_uncached(&self, first: usize, align: u64) -> Result<(usize, (SlotId, u32))> {
         self.owns_slots.store(true, Ordering::Relaxed);
         let cache = ThreadCache::new(&self.limits);
         let got = self.alloc_slow(&cache, first, align);
@@ -373,7 +373,12 @@ impl Slab {
     /// requests, and the tour's file came out 2× (one class up) to 3×
     /// (any class) larger than with growth first.
     #[cold]
-    fn alloc_slow(&self, cache: &ThreadCache, first: usize, align: u64) -> Result<(usize, SlotId)> {
+    fn alloc_slow(
+        &self,
+        cache: &ThreadCache,
+        first: usize,
+        align: u64,
+    ) -> Result<(usize, (SlotId, u32))> {
         // Growth can be consumed by other processes before we get a slot of
         // it; a few rounds settle that, more would mean something is wrong.
         // (`class_for` chose `first` for `align`, and its stack is empty.)
@@ -402,7 +407,7 @@ impl Slab {
         cache: &ThreadCache,
         first: usize,
         align: u64,
-    ) -> Result<Option<(usize, SlotId)>> {
+    ) -> Result<Option<(usize, (SlotId, u32))>> {
         for c in first + 1..self.pool.class_count() {
             if self.pool.class(c).align < align {
                 continue;
@@ -422,16 +427,23 @@ impl Slab {
     /// Moves a batch of class `c`'s free or fresh slots from the shared
     /// list into the cache and pops one. Also returns the extent count the
     /// take saw, which growth needs.
-    fn refill(&self, cache: &ThreadCache, c: usize) -> Result<(Option<SlotId>, u32)> {
+    fn refill(&self, cache: &ThreadCache, c: usize) -> Result<(Option<(SlotId, u32)>, u32)> {
         let stack = cache.stack(c);
         let batch = (stack.limit() / 2).max(1);
         let mut scratch = cache.take_scratch();
+        let mut generations = cache.take_generations();
         // Slots taken before an error are ours (cached by us): keep them.
-        let taken = self.pool.take(c, self.me, batch, &mut scratch);
-        for &id in scratch.iter() {
-            stack.push(id);
+        let taken =
+            self.pool
+                .take_with_generations(c, self.me, batch, &mut scratch, &mut generations);
+        // A slot whose generation the take could not tell (after an error)
+        // is activated from its word as loaded.
+        for (k, &id) in scratch.iter().enumerate() {
+            let generation = generations.get(k).copied().unwrap_or(UNKNOWN_GENERATION);
+            stack.push(id, generation);
         }
         cache.put_scratch(scratch);
+        cache.put_generations(generations);
         let seen = taken?;
         Ok((stack.pop(), seen))
     }
@@ -457,19 +469,26 @@ impl Slab {
         };
         let stack = cache.stack(c);
         if stack.is_full() {
-            return self.flush_and_push(cache, c, id);
+            return self.flush_and_push(cache, c, id, h.generation);
         }
-        stack.push_unfull(id);
+        // The word is now *cached by us* in the handle's generation.
+        stack.push_unfull(id, h.generation);
         Ok(())
     }
 
     /// A full cache stack: return its older half to the shared list, then
     /// push `id` (which is freed either way).
     #[cold]
-    fn flush_and_push(&self, cache: &ThreadCache, c: usize, id: SlotId) -> Result<()> {
+    fn flush_and_push(
+        &self,
+        cache: &ThreadCache,
+        c: usize,
+        id: SlotId,
+        generation: u32,
+    ) -> Result<()> {
         let stack = cache.stack(c);
         let result = self.flush(cache, c, stack.limit() / 2);
-        stack.push(id);
+        stack.push(id, generation);
         result
     }
 
