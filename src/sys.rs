@@ -90,9 +90,16 @@ pub(crate) fn fill_holes(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// xattr blocks), which can make up for a small hole, so there the range is
 /// asked with `lseek(SEEK_HOLE)` (which reports ext4's unwritten, reserved
 /// extents as holes too: those are filled for nothing, harmlessly).
-pub(crate) fn may_have_holes(file: &File, offset: u64, len: u64) -> io::Result<bool> {
-    let st = rustix::fs::fstat(file)?;
-    if (st.st_blocks as u64).saturating_mul(512) < st.st_size as u64 {
+///
+/// `space` is the file's [`FileSpace`] from an fstat the caller has made
+/// anyway (attach, observing growth), so the question costs no second one.
+pub(crate) fn may_have_holes(
+    file: &File,
+    space: FileSpace,
+    offset: u64,
+    len: u64,
+) -> io::Result<bool> {
+    if space.allocated < space.len {
         return Ok(true);
     }
     if is_tmpfs(file)? {
@@ -136,6 +143,34 @@ pub(crate) fn unbacked_on_read(file: &File) -> io::Result<u64> {
     let st = rustix::fs::fstat(file)?;
     let len = (st.st_size as u64).div_ceil(page_size()) * page_size();
     Ok(len.saturating_sub(st.st_blocks as u64 * 512))
+}
+
+/// A file's length and the bytes its blocks hold (`st_blocks` × 512), from
+/// one `fstat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileSpace {
+    pub len: u64,
+    pub allocated: u64,
+}
+
+impl FileSpace {
+    /// From metadata already read (`File::metadata`).
+    pub(crate) fn of(meta: &std::fs::Metadata) -> FileSpace {
+        use std::os::unix::fs::MetadataExt;
+        FileSpace {
+            len: meta.len(),
+            allocated: meta.blocks().saturating_mul(512),
+        }
+    }
+}
+
+/// The file's [`FileSpace`], from `fstat`.
+pub(crate) fn file_space(file: &impl AsFd) -> io::Result<FileSpace> {
+    let st = rustix::fs::fstat(file)?;
+    Ok(FileSpace {
+        len: st.st_size as u64,
+        allocated: (st.st_blocks as u64).saturating_mul(512),
+    })
 }
 
 /// The file's current length, from `fstat`.
@@ -339,11 +374,11 @@ mod tests {
             st.st_blocks as u64 * 512,
             st.st_size
         );
-        assert!(may_have_holes(&f, 0, n * B).unwrap());
+        assert!(may_have_holes(&f, file_space(&f).unwrap(), 0, n * B).unwrap());
         // Once filled, the range has no real hole (on tmpfs: none at all).
         fill_holes(&f, 0, n * B).unwrap();
         if is_tmpfs(&f).unwrap() {
-            assert!(!may_have_holes(&f, 0, n * B).unwrap());
+            assert!(!may_have_holes(&f, file_space(&f).unwrap(), 0, n * B).unwrap());
         }
     }
 

@@ -179,7 +179,9 @@ impl RegionOptions {
                 path: path.to_path_buf(),
             });
         }
-        back_range(&file, path, self.read_only, 0, meta.len())?;
+        // The same fstat answers the hole question (no second one).
+        let space = sys::FileSpace::of(&meta);
+        back_range(&file, path, self.read_only, space, 0, meta.len())?;
         MmapRegion::map(
             file,
             path.to_path_buf(),
@@ -211,7 +213,8 @@ impl RegionOptions {
                 actual: meta.len(),
             });
         }
-        back_range(&file, Path::new(""), self.read_only, 0, size as u64)?;
+        let space = sys::FileSpace::of(&meta);
+        back_range(&file, Path::new(""), self.read_only, space, 0, size as u64)?;
         MmapRegion::map(
             file,
             PathBuf::new(),
@@ -228,7 +231,17 @@ impl RegionOptions {
 /// `Io { op: "fallocate", ENOSPC }`, the error growth gives), or, for a
 /// read-only mapping, which cannot reserve, a file with holes that a read
 /// would have to allocate is refused.
-fn back_range(file: &File, path: &Path, read_only: bool, from: u64, to: u64) -> Result<()> {
+///
+/// `space` is the file's length and allocated bytes from the caller's own
+/// fstat of it.
+fn back_range(
+    file: &File,
+    path: &Path,
+    read_only: bool,
+    space: sys::FileSpace,
+    from: u64,
+    to: u64,
+) -> Result<()> {
     if to <= from {
         return Ok(());
     }
@@ -255,7 +268,9 @@ fn back_range(file: &File, path: &Path, read_only: bool, from: u64, to: u64) -> 
     // tmpfs, racing another process's extending fallocate, made that
     // growth's new length invisible for a moment (an attach then read the
     // file as truncated).
-    if !sys::may_have_holes(file, from, to - from).map_err(|e| Error::io("fstat", path, e))? {
+    if !sys::may_have_holes(file, space, from, to - from)
+        .map_err(|e| Error::io("fstat", path, e))?
+    {
         return Ok(());
     }
     sys::fill_holes(file, from, to - from).map_err(|e| Error::io("fallocate", path, e))
@@ -489,13 +504,14 @@ impl MmapRegion {
     /// them (a remap only when they fall outside the mapping). Returns
     /// whether the length changed.
     pub fn check_and_remap(&self) -> Result<bool> {
-        let file_len = sys::file_len(&self.file).map_err(|e| Error::io("fstat", &self.path, e))?;
+        let space = sys::file_space(&self.file).map_err(|e| Error::io("fstat", &self.path, e))?;
+        let file_len = space.len;
         let mut maps = self.mappings.lock();
         let len = self.len.load(Ordering::Acquire);
         if file_len <= len {
             return Ok(false);
         }
-        back_range(&self.file, &self.path, self.read_only, len, file_len)?;
+        back_range(&self.file, &self.path, self.read_only, space, len, file_len)?;
         self.map_through(&mut maps, file_len)?;
         Ok(true)
     }
@@ -612,7 +628,8 @@ impl Memory for MmapRegion {
         if min_len <= self.len.load(Ordering::Acquire) {
             return Ok(());
         }
-        let file_len = sys::file_len(&self.file).map_err(|e| Error::io("fstat", &self.path, e))?;
+        let space = sys::file_space(&self.file).map_err(|e| Error::io("fstat", &self.path, e))?;
+        let file_len = space.len;
         if file_len < min_len {
             return Err(Error::Truncated {
                 expected: min_len,
@@ -620,7 +637,7 @@ impl Memory for MmapRegion {
             });
         }
         let len = self.len.load(Ordering::Acquire);
-        back_range(&self.file, &self.path, self.read_only, len, min_len)?;
+        back_range(&self.file, &self.path, self.read_only, space, len, min_len)?;
         self.map_through(&mut maps, min_len)
     }
 }
