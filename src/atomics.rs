@@ -54,7 +54,10 @@
 //! and never reaches outside its slot. But if the slot is freed while a view
 //! is held, operations through the view act on whatever the slot holds next
 //! (another allocation's words): a logic error like using an index after
-//! removing its element, not undefined behaviour. Keep a view only while the
+//! removing its element, not undefined behaviour — unless the next life's
+//! owner holds a `&mut` into the slot through an `unsafe` escape hatch
+//! ([`BytesLoan::as_mut_slice`](crate::BytesLoan::as_mut_slice)), whose
+//! promise such a stale view breaks. Keep a view only while the
 //! slot is known to be live (a root, or a slot this code frees itself), or
 //! make a new one per use, which checks the handle again.
 

@@ -25,10 +25,12 @@
 //! `docs/DESIGN.md`, "Copies at memory speed"), because another process may
 //! write the slot at any moment and a `&[u8]` into memory that changes
 //! underneath is undefined behaviour. For a true `&[u8]`/`&mut [u8]` into
-//! the mapping there are two `unsafe` escape hatches,
-//! [`SlotView::as_slice`] and [`BytesLoan::as_mut_slice`], whose caller
-//! promises that nobody writes (or, for the loan, touches) those bytes
-//! meanwhile — the convention of `memmap2`'s `Mmap::map`.
+//! the mapping there are three `unsafe` escape hatches,
+//! [`SlotView::as_slice`], [`BytesLoan::as_mut_slice`] and
+//! [`Loan::as_mut`], whose caller promises that nothing in the program
+//! writes (or, for a loan, touches) those bytes meanwhile, stale views of
+//! the slot's earlier lives included — the convention of `memmap2`'s
+//! `Mmap::map`.
 //!
 //! The protocol is at pool level (`pool::view`): open (check the handle
 //! once), copy, close (check it again).
@@ -107,22 +109,29 @@ impl<'s> BytesLoan<'s> {
         self.cursor
     }
 
-    /// Moves the [`io::Write`] cursor (at most to [`len`](Self::len)).
+    /// Moves the [`io::Write`] cursor (at most to [`len`](Self::len)); a
+    /// move alone writes nothing and does not lengthen
+    /// [`into_written_handle`](Self::into_written_handle).
     pub fn set_position(&mut self, at: usize) {
         self.cursor = at.min(self.len());
     }
 
     /// The slot's bytes as one `&mut [u8]` into the mapping, for code that
-    /// must fill a slice (`Read::read_exact` from a socket, a decoder): the
-    /// true zero-copy path.
+    /// must fill a slice itself (a decoder writing its output): the true
+    /// zero-copy path. To fill from an [`io::Read`], the safe
+    /// [`fill_from`](Self::fill_from) does as well for most sources.
     ///
     /// # Safety
-    /// While the returned slice lives, nothing else may read or write these
-    /// bytes: no other process (none has the handle yet, so only one that
-    /// forges handles or writes the file by offset could), and no other
-    /// access of this process through the crate ([`Region`] views of the
-    /// file included). Rust assumes a `&mut [u8]` is exclusive; a write by
-    /// anyone else meanwhile is undefined behaviour in this process.
+    /// While the returned slice lives, nothing else in the whole program —
+    /// any thread or process — may read or write these bytes. The loan's
+    /// handle is not out yet, but that is not enough: an earlier life of the
+    /// same slot may still be reachable in this process (an atomics view, a
+    /// lock guard or a notifier kept across the free that ended it, a
+    /// `write_bytes` that checked the handle just before the free and is
+    /// still copying) or in another one, as may [`Region`] views of the file
+    /// and any process writing the file by offset. Keeping those away is the
+    /// caller's promise. Rust assumes a `&mut [u8]` is exclusive; an access
+    /// by anyone else meanwhile is undefined behaviour in this process.
     ///
     /// [`Region`]: crate::region::Region
     pub unsafe fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
@@ -136,6 +145,39 @@ impl<'s> BytesLoan<'s> {
         Ok(unsafe { std::slice::from_raw_parts_mut(ptr, self.len()) })
     }
 
+    /// Fills the loan from `source` at the cursor, through a 16 KiB buffer
+    /// on the stack, until the loan is full or `source` ends; returns the
+    /// bytes read. Safe, and as fast as the copies (`read_exact` into
+    /// [`as_mut_slice`](Self::as_mut_slice) saves one in-cache copy).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir()?;
+    /// # let slab = shmslab::Slab::builder().create(dir.path().join("s"))?;
+    /// use std::io::Read;
+    /// let mut loan = slab.loan_bytes(100_000)?;
+    /// let n = loan.fill_from(std::io::repeat(7).take(60_000))?;
+    /// assert_eq!(n, 60_000);
+    /// let message = loan.into_written_handle();
+    /// assert_eq!(message.len(), 60_000);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn fill_from(&mut self, mut source: impl io::Read) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 << 10];
+        let mut total = 0;
+        while self.cursor < self.len() {
+            let want = chunk.len().min(self.len() - self.cursor);
+            let n = match source.read(&mut chunk[..want]) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            io::Write::write_all(self, &chunk[..n])?;
+            total += n;
+        }
+        Ok(total)
+    }
+
     /// Ends the loan: the handle of the whole slot, to pass on. The slot is
     /// this process's, as after [`alloc_bytes`](Slab::alloc_bytes).
     pub fn into_handle(self) -> BytesHandle {
@@ -144,9 +186,12 @@ impl<'s> BytesLoan<'s> {
         h
     }
 
-    /// Ends the loan: the handle of the bytes written through
-    /// [`io::Write`] (from offset 0 to the furthest the cursor reached), for
-    /// a message whose length was not known when the slot was lent.
+    /// Ends the loan: the handle of the bytes from offset 0 to the end of
+    /// the furthest [`io::Write`] write (or [`fill_from`](Self::fill_from)),
+    /// for a message whose length was not known when the slot was lent.
+    /// Bytes before that end that no write covered (skipped over with
+    /// [`set_position`](Self::set_position)) hold what the slot held
+    /// before: an earlier allocation's bytes.
     pub fn into_written_handle(self) -> BytesHandle {
         let h = BytesHandle::from_raw(self.handle.raw(), self.written);
         std::mem::forget(self);
@@ -233,7 +278,8 @@ impl<'s, T: Pod> Loan<'s, T> {
     /// The slot as one `&mut T` into the mapping.
     ///
     /// # Safety
-    /// As for [`BytesLoan::as_mut_slice`]: nothing else reads or writes
+    /// As for [`BytesLoan::as_mut_slice`]: nothing else in the program
+    /// (stale views of the slot's earlier lives included) reads or writes
     /// the slot while the reference lives.
     pub unsafe fn as_mut(&mut self) -> Result<&mut T> {
         // SAFETY: forwarded: the caller's promise.
@@ -338,13 +384,15 @@ impl<'v> SlotView<'v> {
     /// read.
     ///
     /// # Safety
-    /// While the returned slice lives, nothing writes these bytes: no other
-    /// process or thread (through a handle, a view, or the file), which
-    /// means the caller knows the slot's protocol (for instance: its writer
-    /// published it and never writes it again, and no one frees it before
-    /// this closure returns). Rust assumes memory behind a `&[u8]` does not
-    /// change; a write meanwhile is undefined behaviour in this process,
-    /// and the generation check after the closure cannot undo it.
+    /// While the returned slice lives, nothing in the whole program writes
+    /// these bytes: no other process or thread, through a handle, a view
+    /// or guard kept from an earlier life of the slot, or the file. The
+    /// caller knows the slot's protocol (for instance: its writer published
+    /// it and never writes it again, no one frees it before this closure
+    /// returns, and no stale view of it exists). Rust assumes memory behind
+    /// a `&[u8]` does not change; a write meanwhile is undefined behaviour
+    /// in this process, and the generation check after the closure cannot
+    /// undo it.
     pub unsafe fn as_slice(&self) -> &[u8] {
         let ptr = self.pool.span_ptr(self.addr);
         // SAFETY: `ptr` is the start of the slot, valid for its capacity

@@ -288,15 +288,18 @@ impl SharedWord for std::sync::atomic::AtomicU64 {
     #[inline(always)]
     fn load_run(words: &[Self], dst: &mut [u8]) {
         debug_assert_eq!(dst.len(), 8 * words.len());
-        // SAFETY: `words` are live, aligned atomics for the whole call,
-        // `dst.len() / 8` of them, only ever accessed atomically.
-        unsafe { load_words(words.as_ptr().cast(), dst) }
+        // Never past `words`, whatever the caller passes.
+        let n = words.len().min(dst.len() / 8);
+        // SAFETY: the first `n` of `words`: live, aligned atomics for the
+        // whole call, only ever accessed atomically; `8 * n` bytes of `dst`.
+        unsafe { load_words(words.as_ptr().cast(), &mut dst[..8 * n]) }
     }
     #[inline(always)]
     fn store_run(words: &[Self], src: &[u8]) {
         debug_assert_eq!(src.len(), 8 * words.len());
+        let n = words.len().min(src.len() / 8);
         // SAFETY: as in `load_run`; an atomic may be written through `&`.
-        unsafe { store_words(src, words.as_ptr().cast_mut().cast()) }
+        unsafe { store_words(&src[..8 * n], words.as_ptr().cast_mut().cast()) }
     }
 }
 
@@ -768,10 +771,29 @@ mod tests {
         ignore = "a timing race; Miri runs the word loop in the other tests"
     )]
     fn long_copies_racing_writers_see_whole_words() {
+        // From a 16-aligned word, and from one 8 bytes past (the bulk path's
+        // peeled first and last words race too).
+        for skip in [0, 1] {
+            race_long_copies(skip);
+        }
+    }
+
+    fn race_long_copies(skip: usize) {
         use std::sync::atomic::Ordering::Relaxed;
         const N: usize = 512;
-        let filled: Vec<AtomicU64> = (0..N).map(|_| AtomicU64::new(0)).collect();
-        let counted: Vec<AtomicU64> = (0..N).map(|_| AtomicU64::new(0)).collect();
+        // 16-aligned blocks of words, used from word `skip` on.
+        #[repr(C, align(16))]
+        #[derive(Default)]
+        struct Block([AtomicU64; 2]);
+        let filled_all: Vec<Block> = (0..N / 2 + 1).map(|_| Block::default()).collect();
+        let counted_all: Vec<Block> = (0..N / 2 + 1).map(|_| Block::default()).collect();
+        let flat = |v: &[Block]| -> *const AtomicU64 { v.as_ptr().cast() };
+        // SAFETY: a `Block` is two `AtomicU64`s and no padding (16 bytes,
+        // align 16); `skip + N` words lie in the `N + 2` of each vector.
+        let filled = unsafe { std::slice::from_raw_parts(flat(&filled_all).add(skip), N) };
+        // SAFETY: as above.
+        let counted = unsafe { std::slice::from_raw_parts(flat(&counted_all).add(skip), N) };
+        assert_eq!(filled.as_ptr().addr() % 16, 8 * skip);
         let stop = std::sync::atomic::AtomicBool::new(false);
         let filled_at = filled.as_ptr().cast::<u8>().cast_mut() as usize;
         let counted_at = counted.as_ptr().cast::<u8>().cast_mut() as usize;
@@ -794,7 +816,7 @@ mod tests {
             let adds = s.spawn(|| {
                 let mut n = 0u64;
                 while !stop.load(Relaxed) {
-                    for x in &counted {
+                    for x in counted {
                         x.fetch_add(1, Relaxed);
                     }
                     n += 1;

@@ -61,18 +61,51 @@ fn byte_paths_do_not_allocate_the_payload_per_call() {
     // The first call may make this thread's buffer.
     slab.with_bytes(h, |b| assert_eq!(b.len(), SIZE)).unwrap();
 
+    // Each round the slot holds new bytes (written by `update_bytes`, and
+    // once by `write_bytes` behind the buffer's back), and each call must
+    // see exactly them, not the buffer's leftovers.
     let (bytes, _) = counted(|| {
-        for _ in 0..CALLS_MADE {
-            let sum: u64 = slab
-                .with_bytes(h, |b| b.iter().map(|&x| x as u64).sum())
-                .unwrap();
-            assert_eq!(sum, 3 * SIZE as u64);
-            slab.update_bytes(h, |b| b.reverse()).unwrap();
+        for round in 0..CALLS_MADE {
+            let r = round as u8;
+            if round % 10 == 0 {
+                slab.write_bytes(h, 0, &[r ^ 0x55; SIZE]).unwrap();
+                slab.with_bytes(h, |b| assert!(b.iter().all(|&x| x == r ^ 0x55)))
+                    .unwrap();
+            }
+            slab.update_bytes(h, |b| {
+                b.fill(r);
+                b[round as usize % SIZE] = !r;
+            })
+            .unwrap();
+            slab.with_bytes(h, |b| {
+                assert_eq!(b.len(), SIZE);
+                let odd = round as usize % SIZE;
+                assert!(b[odd] == !r && b.iter().enumerate().all(|(i, &x)| i == odd || x == r));
+            })
+            .unwrap();
         }
     });
     assert!(
         bytes < SIZE as u64,
         "{CALLS_MADE} with_bytes + update_bytes of {SIZE} bytes allocated {bytes} bytes"
+    );
+
+    // Slots of two sizes near the largest kept buffer, alternately: the
+    // buffer grows once, exactly, and is kept (a doubling past the cap
+    // would drop it and make it again every other call).
+    let big = slab.alloc_bytes(1_000_000).unwrap();
+    let mid = slab.alloc_bytes(600_000).unwrap();
+    let (bytes, _) = counted(|| {
+        for _ in 0..100 {
+            slab.with_bytes(mid, |b| assert_eq!(b.len(), 600_000))
+                .unwrap();
+            slab.with_bytes(big, |b| assert_eq!(b.len(), 1_000_000))
+                .unwrap();
+        }
+    });
+    assert!(
+        bytes <= 2_000_000,
+        "200 with_bytes of 600,000 and 1,000,000 bytes allocated {bytes} bytes"
     );
 
     // A 64 KiB message written through a loan from a 4 KiB chunk, then

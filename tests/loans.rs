@@ -253,19 +253,25 @@ fn a_view_racing_frees_and_reuse_never_returns_a_mixed_answer() {
     );
     let stop = AtomicBool::new(false);
     let (mut ok, mut stale, mut mixed) = (0u64, 0u64, 0u64);
-    std::thread::scope(|s| {
-        s.spawn(|| {
+    let reused = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
             let mut life = 1u8;
             let mut i = 0;
+            let mut reused = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let old = handles.lock().unwrap()[i];
                 slab.free(old).unwrap();
                 let new = slab.alloc_bytes(SIZE).unwrap();
+                // Freed slots come back (the cache is LIFO), so the views
+                // really race new lives of the slots they opened.
+                let (a, b) = (old.raw().parts(), new.raw().parts());
+                reused += u64::from((a.extent, a.index) == (b.extent, b.index));
                 slab.write_bytes(new, 0, &[life; SIZE]).unwrap();
                 handles.lock().unwrap()[i] = new;
                 life = life.wrapping_add(1);
                 i = (i + 1) % SLOTS;
             }
+            reused
         });
         let deadline = std::time::Instant::now()
             + Duration::from_millis(if cfg!(debug_assertions) { 1500 } else { 500 });
@@ -294,7 +300,9 @@ fn a_view_racing_frees_and_reuse_never_returns_a_mixed_answer() {
             }
         }
         stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap()
     });
+    assert!(reused > 100, "slots were hardly reused ({reused})");
     assert_eq!(
         mixed, 0,
         "a view returned bytes of two lives as one answer ({ok} ok, {stale} stale)"
@@ -334,4 +342,64 @@ fn loans_of_a_killed_process_are_reclaimed() {
         0
     );
     assert_eq!(slab.check().unwrap().findings.len(), 0);
+}
+
+#[test]
+fn a_loan_fills_from_a_reader_and_its_written_length_ignores_a_bare_seek() {
+    let (_dir, _path, slab) = new_segment("loan-fill.shm");
+    let mut loan = slab.loan_bytes(50_000).unwrap();
+    // More than the loan holds: it takes what fits.
+    let n = loan.fill_from(std::io::repeat(4).take(80_000)).unwrap();
+    assert_eq!((n, loan.position()), (50_000, 50_000));
+    let h = loan.into_written_handle();
+    assert_eq!(h.len(), 50_000);
+    slab.with_bytes(h, |b| assert!(b.iter().all(|&x| x == 4)))
+        .unwrap();
+    // A seek forward writes nothing and does not lengthen the message; a
+    // write after it does, to its end.
+    let mut loan = slab.loan_bytes(1000).unwrap();
+    loan.write_all(b"abc").unwrap();
+    loan.set_position(900);
+    assert_eq!(loan.position(), 900);
+    loan.set_position(5000);
+    assert_eq!(loan.position(), 1000, "clamped to the loan");
+    assert_eq!(loan.into_written_handle().len(), 3);
+    let mut loan = slab.loan_bytes(1000).unwrap();
+    loan.write_all(b"abc").unwrap();
+    loan.set_position(500);
+    loan.write_all(b"xyz").unwrap();
+    assert_eq!(loan.into_written_handle().len(), 503);
+}
+
+#[test]
+fn with_bytes_inside_with_bytes_and_after_a_panic_sees_its_own_bytes() {
+    let (_dir, _path, slab) = new_segment("scratch.shm");
+    let a = slab.alloc_bytes(3000).unwrap();
+    let b = slab.alloc_bytes(2000).unwrap();
+    slab.write_bytes(a, 0, &[1; 3000]).unwrap();
+    slab.write_bytes(b, 0, &[2; 2000]).unwrap();
+    // Re-entered: the inner call gets a buffer of its own.
+    slab.with_bytes(a, |outer| {
+        slab.with_bytes(b, |inner| {
+            assert!(inner.len() == 2000 && inner.iter().all(|&x| x == 2))
+        })
+        .unwrap();
+        assert!(outer.len() == 3000 && outer.iter().all(|&x| x == 1));
+    })
+    .unwrap();
+    // A panic inside `update_bytes` writes nothing back and leaves the
+    // next call a sound buffer.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        slab.update_bytes(a, |bytes| {
+            bytes.fill(9);
+            panic!("the closure failed");
+        })
+    }));
+    assert!(caught.is_err());
+    slab.with_bytes(a, |bytes| assert!(bytes.iter().all(|&x| x == 1)))
+        .unwrap();
+    slab.with_bytes(b, |bytes| {
+        assert!(bytes.len() == 2000 && bytes.iter().all(|&x| x == 2))
+    })
+    .unwrap();
 }

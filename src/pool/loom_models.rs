@@ -131,6 +131,11 @@ fn loom_models_a_view_racing_free_and_reuse_never_closes_over_two_lives() {
         });
         free(&p0, h, o0).unwrap();
         let again = alloc(&p0, o0).unwrap();
+        assert_eq!(
+            again.slot_id(),
+            h.slot_id(),
+            "the model needs the slot reused"
+        );
         p0.write_at(&again, 0, &[2; 16]).unwrap();
         t.join().unwrap();
     });

@@ -225,6 +225,10 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
     }
     let mut buf = SCRATCH.try_with(|s| s.take()).unwrap_or_default();
     if buf.len() < len {
+        // Exactly `len`, not `resize`'s doubling: a buffer grown past
+        // SCRATCH_KEPT by the doubling alone would be dropped after the call
+        // and made again by the next.
+        buf.reserve_exact(len - buf.len());
         buf.resize(len, 0);
     }
     let answer = f(&mut buf[..len]);

@@ -13,10 +13,10 @@
 //! still the single-width rule:
 //!
 //! - Intel (SDM vol. 3A §9.1.1) and AMD (APM vol. 2 §7.3.2) guarantee that
-//!   on a processor that enumerates AVX, an aligned 16-byte `MOVDQA` is
-//!   carried out as one atomic access. The path is taken only when the CPU
-//!   reports AVX (`is_x86_feature_detected!`, read once); otherwise the
-//!   word loop runs.
+//!   on their processors that enumerate AVX, an aligned 16-byte `MOVDQA` is
+//!   carried out as one atomic access. The path is taken only on such a
+//!   processor (vendor by CPUID, and `is_x86_feature_detected!("avx")`,
+//!   asked once); otherwise the word loop runs.
 //! - A 16-byte atomic access of two aligned words returns (or leaves) a
 //!   value that two relaxed 8-byte atomic accesses of those words could
 //!   also have returned (or left). So the assembly block behaves as a
@@ -46,12 +46,39 @@
 /// call and alignment steps cost more than the wider moves save.
 pub(super) const MIN_BYTES: usize = 256;
 
-/// Whether this CPU documents aligned 16-byte `MOVDQA` as atomic (it
-/// enumerates AVX). std caches the CPUID answer in an atomic, so this is one
-/// relaxed load.
+/// Whether this CPU's maker documents aligned 16-byte `MOVDQA` as atomic:
+/// an Intel, AMD or Hygon (an AMD design) processor that enumerates AVX.
+/// Asked once (CPUID), then one relaxed load of the cached answer.
 #[inline(always)]
 pub(super) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx")
+    use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+    // 0: not asked yet; 1: yes; 2: no.
+    static ANSWER: AtomicU8 = AtomicU8::new(0);
+    match ANSWER.load(Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let yes = documented_atomic();
+            ANSWER.store(if yes { 1 } else { 2 }, Relaxed);
+            yes
+        }
+    }
+}
+
+#[cold]
+fn documented_atomic() -> bool {
+    // `__cpuid` became a safe function in later Rust; the block is needed on
+    // the crate's minimum version.
+    #[allow(unused_unsafe)]
+    // SAFETY: CPUID exists on every x86-64 processor; leaf 0 (the vendor)
+    // is always defined.
+    let leaf0 = unsafe { std::arch::x86_64::__cpuid(0) };
+    let mut vendor = [0u8; 12];
+    vendor[..4].copy_from_slice(&leaf0.ebx.to_le_bytes());
+    vendor[4..8].copy_from_slice(&leaf0.edx.to_le_bytes());
+    vendor[8..].copy_from_slice(&leaf0.ecx.to_le_bytes());
+    let documented = matches!(&vendor, b"GenuineIntel" | b"AuthenticAMD" | b"HygonGenuine");
+    documented && std::arch::is_x86_feature_detected!("avx")
 }
 
 /// Copies `dst.len()` bytes (a multiple of 8) out of the shared words
