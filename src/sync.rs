@@ -423,17 +423,20 @@ fn store_whole_words<'w, W: SharedWord + 'w>(src: &[u8], word: impl Fn(usize) ->
 /// Copies the first `dst.len()` bytes of `words` (which hold at least that
 /// many) into `dst`: whole-word loads, the last one cut. For memory whose
 /// words all belong to one buffer (a locked value's, a channel row's).
+/// Short copies (a locked value of a few words: `transact`'s hot path) are
+/// the zipped word loop inline; long ones go through [`SharedWord::load_run`]
+/// (the bulk copy for std's words), out of line.
 #[inline(always)]
 pub(crate) fn load_from_words<W: SharedWord>(words: &[W], dst: &mut [u8]) {
-    let whole = (dst.len() / 8).min(words.len());
-    let (run, tail) = dst.split_at_mut(8 * whole);
-    W::load_run(&words[..whole], run);
-    if !tail.is_empty() {
-        if let Some(w) = words.get(whole) {
-            let n = tail.len();
-            tail.copy_from_slice(&w.load_word().to_ne_bytes()[..n]);
-        }
+    if dst.len() >= LONG_RUN {
+        return load_from_words_long(words, dst);
     }
+    let mut chunks = dst.chunks_exact_mut(8);
+    let mut words = words.iter();
+    for (chunk, w) in (&mut chunks).zip(&mut words) {
+        chunk.copy_from_slice(&w.load_word().to_ne_bytes());
+    }
+    load_tail(words.next(), chunks.into_remainder());
 }
 
 /// Stores `src` into the first words of `words`, whole words, the last one
@@ -441,15 +444,52 @@ pub(crate) fn load_from_words<W: SharedWord>(words: &[W], dst: &mut [u8]) {
 /// locked value's, under its lock), so no byte outside `src` needs keeping.
 #[inline(always)]
 pub(crate) fn store_to_words<W: SharedWord>(words: &[W], src: &[u8]) {
+    if src.len() >= LONG_RUN {
+        return store_to_words_long(words, src);
+    }
+    let mut chunks = src.chunks_exact(8);
+    let mut words = words.iter();
+    for (chunk, w) in (&mut chunks).zip(&mut words) {
+        w.store_word(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")));
+    }
+    store_tail(words.next(), chunks.remainder());
+}
+
+/// Runs of words at least this long go through `load_run`/`store_run`.
+const LONG_RUN: usize = 256;
+
+#[inline(never)]
+fn load_from_words_long<W: SharedWord>(words: &[W], dst: &mut [u8]) {
+    let whole = (dst.len() / 8).min(words.len());
+    let (run, tail) = dst.split_at_mut(8 * whole);
+    W::load_run(&words[..whole], run);
+    load_tail(words.get(whole), tail);
+}
+
+#[inline(never)]
+fn store_to_words_long<W: SharedWord>(words: &[W], src: &[u8]) {
     let whole = (src.len() / 8).min(words.len());
     let (run, tail) = src.split_at(8 * whole);
     W::store_run(&words[..whole], run);
-    if !tail.is_empty() {
-        if let Some(w) = words.get(whole) {
-            let mut b = [0u8; 8];
-            b[..tail.len()].copy_from_slice(tail);
-            w.store_word(u64::from_ne_bytes(b));
-        }
+    store_tail(words.get(whole), tail);
+}
+
+/// The cut last word of a copy out of a run (`tail` shorter than 8 bytes).
+#[inline(always)]
+fn load_tail<W: SharedWord>(word: Option<&W>, tail: &mut [u8]) {
+    if let (false, Some(w)) = (tail.is_empty(), word) {
+        let n = tail.len();
+        tail.copy_from_slice(&w.load_word().to_ne_bytes()[..n]);
+    }
+}
+
+/// The last word of a copy into a run, padded with zeros.
+#[inline(always)]
+fn store_tail<W: SharedWord>(word: Option<&W>, tail: &[u8]) {
+    if let (false, Some(w)) = (tail.is_empty(), word) {
+        let mut b = [0u8; 8];
+        b[..tail.len()].copy_from_slice(tail);
+        w.store_word(u64::from_ne_bytes(b));
     }
 }
 
