@@ -158,6 +158,52 @@ pub(super) unsafe fn store(src: &[u8], first: *mut u64) {
     }
 }
 
+/// The loop both directions share, `blocks` 16-byte blocks from `src` to
+/// `dst` four to a step, then one at a time: `$load` and `$store` name the
+/// instructions, `movdqa` (aligned, atomic) on the shared side and `movdqu`
+/// on the private one. Expands to an `asm!` the caller wraps in `unsafe`.
+macro_rules! copy_blocks {
+    ($load:literal, $store:literal, $src:expr, $dst:expr, $blocks:expr) => {
+        std::arch::asm!(
+            "test {steps}, {steps}",
+            "jz 3f",
+            "2:",
+            concat!($load, " {a}, xmmword ptr [{src}]"),
+            concat!($load, " {b}, xmmword ptr [{src} + 16]"),
+            concat!($load, " {c}, xmmword ptr [{src} + 32]"),
+            concat!($load, " {d}, xmmword ptr [{src} + 48]"),
+            concat!($store, " xmmword ptr [{dst}], {a}"),
+            concat!($store, " xmmword ptr [{dst} + 16], {b}"),
+            concat!($store, " xmmword ptr [{dst} + 32], {c}"),
+            concat!($store, " xmmword ptr [{dst} + 48], {d}"),
+            "add {src}, 64",
+            "add {dst}, 64",
+            "dec {steps}",
+            "jnz 2b",
+            "3:",
+            "test {rest}, {rest}",
+            "jz 5f",
+            "4:",
+            concat!($load, " {a}, xmmword ptr [{src}]"),
+            concat!($store, " xmmword ptr [{dst}], {a}"),
+            "add {src}, 16",
+            "add {dst}, 16",
+            "dec {rest}",
+            "jnz 4b",
+            "5:",
+            src = inout(reg) $src => _,
+            dst = inout(reg) $dst => _,
+            steps = inout(reg) $blocks / 4 => _,
+            rest = inout(reg) $blocks % 4 => _,
+            a = out(xmm_reg) _,
+            b = out(xmm_reg) _,
+            c = out(xmm_reg) _,
+            d = out(xmm_reg) _,
+            options(nostack),
+        )
+    };
+}
+
 /// `blocks` (> 0) aligned 16-byte atomic loads from shared `src` into
 /// private `dst`, four to a step.
 ///
@@ -170,45 +216,7 @@ unsafe fn load_blocks(src: *const u8, dst: *mut u8, blocks: usize) {
     // SAFETY: per the contract. The block reads `src` only with MOVDQA
     // (atomic, see the module doc) and writes `dst` only; it touches no
     // stack and leaves the flags, which `asm!` assumes clobbered by default.
-    unsafe {
-        std::arch::asm!(
-            "test {steps}, {steps}",
-            "jz 3f",
-            "2:",
-            "movdqa {a}, xmmword ptr [{src}]",
-            "movdqa {b}, xmmword ptr [{src} + 16]",
-            "movdqa {c}, xmmword ptr [{src} + 32]",
-            "movdqa {d}, xmmword ptr [{src} + 48]",
-            "movdqu xmmword ptr [{dst}], {a}",
-            "movdqu xmmword ptr [{dst} + 16], {b}",
-            "movdqu xmmword ptr [{dst} + 32], {c}",
-            "movdqu xmmword ptr [{dst} + 48], {d}",
-            "add {src}, 64",
-            "add {dst}, 64",
-            "dec {steps}",
-            "jnz 2b",
-            "3:",
-            "test {rest}, {rest}",
-            "jz 5f",
-            "4:",
-            "movdqa {a}, xmmword ptr [{src}]",
-            "movdqu xmmword ptr [{dst}], {a}",
-            "add {src}, 16",
-            "add {dst}, 16",
-            "dec {rest}",
-            "jnz 4b",
-            "5:",
-            src = inout(reg) src => _,
-            dst = inout(reg) dst => _,
-            steps = inout(reg) blocks / 4 => _,
-            rest = inout(reg) blocks % 4 => _,
-            a = out(xmm_reg) _,
-            b = out(xmm_reg) _,
-            c = out(xmm_reg) _,
-            d = out(xmm_reg) _,
-            options(nostack),
-        );
-    }
+    unsafe { copy_blocks!("movdqa", "movdqu", src, dst, blocks) }
 }
 
 /// `blocks` (> 0) aligned 16-byte atomic stores of private `src` into
@@ -221,43 +229,5 @@ unsafe fn load_blocks(src: *const u8, dst: *mut u8, blocks: usize) {
 #[inline(always)]
 unsafe fn store_blocks(src: *const u8, dst: *mut u8, blocks: usize) {
     // SAFETY: as in `load_blocks`, the shared side written only with MOVDQA.
-    unsafe {
-        std::arch::asm!(
-            "test {steps}, {steps}",
-            "jz 3f",
-            "2:",
-            "movdqu {a}, xmmword ptr [{src}]",
-            "movdqu {b}, xmmword ptr [{src} + 16]",
-            "movdqu {c}, xmmword ptr [{src} + 32]",
-            "movdqu {d}, xmmword ptr [{src} + 48]",
-            "movdqa xmmword ptr [{dst}], {a}",
-            "movdqa xmmword ptr [{dst} + 16], {b}",
-            "movdqa xmmword ptr [{dst} + 32], {c}",
-            "movdqa xmmword ptr [{dst} + 48], {d}",
-            "add {src}, 64",
-            "add {dst}, 64",
-            "dec {steps}",
-            "jnz 2b",
-            "3:",
-            "test {rest}, {rest}",
-            "jz 5f",
-            "4:",
-            "movdqu {a}, xmmword ptr [{src}]",
-            "movdqa xmmword ptr [{dst}], {a}",
-            "add {src}, 16",
-            "add {dst}, 16",
-            "dec {rest}",
-            "jnz 4b",
-            "5:",
-            src = inout(reg) src => _,
-            dst = inout(reg) dst => _,
-            steps = inout(reg) blocks / 4 => _,
-            rest = inout(reg) blocks % 4 => _,
-            a = out(xmm_reg) _,
-            b = out(xmm_reg) _,
-            c = out(xmm_reg) _,
-            d = out(xmm_reg) _,
-            options(nostack),
-        );
-    }
+    unsafe { copy_blocks!("movdqu", "movdqa", src, dst, blocks) }
 }
