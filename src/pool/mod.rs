@@ -148,9 +148,10 @@ impl ClassView {
         self.known.store(e as u32 + 1, Ordering::Release);
     }
 
-    /// Where slot `i` of extent `e` lives. The caller has checked that
-    /// `e < known` and `i` is below the extent's slot count: that makes the
-    /// address one [`Pool::meta`] may use.
+    /// Where slot `i` of extent `e` lives. The caller has checked that `i`
+    /// is below the extent's published (non-zero, Acquire-loaded) slot
+    /// count, which implies the view was checked and written: that makes
+    /// the address one [`Pool::meta`] may use.
     #[inline(always)]
     fn slot_addr(&self, e: usize, i: u32) -> SlotAddr {
         // `% MAX_EXTENTS` is a no-op for a checked `e`; it spares the hot
@@ -409,8 +410,8 @@ impl<M: Memory> Pool<M> {
     #[inline(always)]
     pub(crate) fn meta(&self, addr: SlotAddr) -> &AtomicU64 {
         // SAFETY: `addr` came from `locate` or, for a slot `locate` would
-        // accept (`e < known`, index below the extent's count), from
-        // `slot_addr`. Either way its extent view was checked (`check_extent`)
+        // accept (index below the extent's published, non-zero count, read
+        // with Acquire), from `slot_addr`. Either way its extent view was checked (`check_extent`)
         // to lie inside `current_size`, which `observe` made addressable
         // before the view was published; the meta array starts page aligned,
         // so `addr.meta` is 8-aligned.

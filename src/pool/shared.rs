@@ -193,7 +193,17 @@ impl<M: Memory> Pool<M> {
         let mut kept = first;
         for n in first..out.len() {
             let id = out[n];
-            let w = self.meta(self.locate(c, id)?);
+            // `locate` cannot refuse these (each is below `known` and its
+            // extent's count), but if it ever did, `out` must hold only the
+            // slots made ours so far: the rest would reach the cache
+            // unclaimed, or twice.
+            let w = match self.locate(c, id) {
+                Ok(addr) => self.meta(addr),
+                Err(e) => {
+                    out.truncate(kept);
+                    return Err(e);
+                }
+            };
             // Only a zero word is fresh; anything else was written by a peer
             // that should not have, and is left to whoever its word names.
             // A store suffices: under the class lock nobody else may write a
