@@ -547,3 +547,57 @@ fn a_forked_child_neither_commits_nor_releases_a_lock_its_parent_holds() {
     drop(guard);
     assert_eq!(other.read_locked(cell).unwrap(), [2; 4]);
 }
+
+/// A loan held across a `fork`: the child's copy of it names the parent's
+/// unpublished slot. Writing through it, reading in place and dropping it
+/// (which frees an unpublished loan) must all leave that slot alone in the
+/// child — `ForkedProcess` — so the parent's loan still publishes the bytes
+/// it wrote, and no other allocation was handed the slot meanwhile.
+#[test]
+fn a_forked_child_neither_writes_nor_frees_a_loan_its_parent_holds() {
+    let (_dir, path, slab) = new_segment("loan-fork.shm");
+    let other = Slab::attach(&path).unwrap();
+    let mut loan = slab.loan_bytes(4096).unwrap();
+    loan.write_at(0, &[1u8; 4096]).unwrap();
+    let published = slab.alloc_bytes(64).unwrap();
+    let (loan_ref, slab_ref) = (&loan, &slab);
+    let code = fork_and_wait(move || {
+        let slab = slab_ref;
+        // SAFETY: in the child, `loan` is the child's own copy of the
+        // parent's memory, never dropped there (the child `_exit`s): taking
+        // it by value is what the child's code returning out of the loan's
+        // scope would do.
+        let mut copy = unsafe { std::ptr::read(loan_ref) };
+        let write = copy.write_at(0, &[9u8; 16]);
+        let in_place = slab.read_in_place(published, |v| v.len());
+        drop(copy); // unpublished: a drop would free the slot, if allowed
+        match (write, in_place) {
+            (Err(Error::ForkedProcess), Err(Error::ForkedProcess)) => 0,
+            _ => 1,
+        }
+    });
+    assert_eq!(code, 0, "the child's loan calls were not ForkedProcess");
+    // Had the child freed the slot, `other` could be handed it now, and
+    // the parent's handle below would be stale.
+    let others: Vec<_> = (0..64).map(|_| other.alloc_bytes(4096).unwrap()).collect();
+    let h = loan.into_handle();
+    let mut back = [0u8; 4096];
+    other.read_bytes(h, 0, &mut back).unwrap();
+    assert_eq!(back, [1u8; 4096], "the child wrote through its copy");
+    let place = |r: shmslab::SlotRef| {
+        let p = r.parts();
+        (p.class, p.extent, p.index)
+    };
+    for o in others {
+        assert_ne!(
+            place(o.raw()),
+            place(h.raw()),
+            "the loan's slot was lent again"
+        );
+        other.free(o).unwrap();
+    }
+    slab.free(h).unwrap();
+    slab.free(published).unwrap();
+    other.trim().unwrap();
+    common::assert_every_slot_free(&slab, "after the parent freed its loan");
+}
