@@ -562,14 +562,13 @@ fn a_forked_child_neither_writes_nor_frees_a_loan_its_parent_holds() {
     let published = slab.alloc_bytes(64).unwrap();
     let (loan_ref, slab_ref) = (&loan, &slab);
     let code = fork_and_wait(move || {
-        let slab = slab_ref;
         // SAFETY: in the child, `loan` is the child's own copy of the
         // parent's memory, never dropped there (the child `_exit`s): taking
         // it by value is what the child's code returning out of the loan's
         // scope would do.
         let mut copy = unsafe { std::ptr::read(loan_ref) };
         let write = copy.write_at(0, &[9u8; 16]);
-        let in_place = slab.read_in_place(published, |v| v.len());
+        let in_place = slab_ref.read_in_place(published, |v| v.len());
         drop(copy); // unpublished: a drop would free the slot, if allowed
         match (write, in_place) {
             (Err(Error::ForkedProcess), Err(Error::ForkedProcess)) => 0,

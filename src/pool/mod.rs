@@ -411,10 +411,10 @@ impl<M: Memory> Pool<M> {
     pub(crate) fn meta(&self, addr: SlotAddr) -> &AtomicU64 {
         // SAFETY: `addr` came from `locate` or, for a slot `locate` would
         // accept (index below the extent's published, non-zero count, read
-        // with Acquire), from `slot_addr`. Either way its extent view was checked (`check_extent`)
-        // to lie inside `current_size`, which `observe` made addressable
-        // before the view was published; the meta array starts page aligned,
-        // so `addr.meta` is 8-aligned.
+        // with Acquire), from `slot_addr`. Either way its extent view was
+        // checked (`check_extent`) to lie inside `current_size`, which
+        // `observe` made addressable before the view was published; the meta
+        // array starts page aligned, so `addr.meta` is 8-aligned.
         unsafe { self.mem.word(addr.meta) }
     }
 

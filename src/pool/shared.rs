@@ -68,8 +68,9 @@ impl<M: Memory> Pool<M> {
     }
 
     /// Moves up to `want` slots of class `c` into `out`, each now *cached* by
-    /// `owner`: first from the free list, then from the fresh tail.
-    /// Returns the class's extent count as seen under the lock: the `seen`
+    /// `owner`: first from the free list, then from the fresh tail. After an
+    /// error too, `out` holds only slots made cached by `owner` (the refill
+    /// keeps them), each once. Returns the class's extent count as seen under the lock: the `seen`
     /// to pass to [`grow`](Pool::grow) when nothing could be taken.
     ///
     /// Also pushes onto `generations` the generation of each slot's cached
@@ -194,9 +195,8 @@ impl<M: Memory> Pool<M> {
         for n in first..out.len() {
             let id = out[n];
             // `locate` cannot refuse these (each is below `known` and its
-            // extent's count), but if it ever did, `out` must hold only the
-            // slots made ours so far: the rest would reach the cache
-            // unclaimed, or twice.
+            // extent's count); if it ever did, `out` keeps only the slots
+            // claimed so far, as `take_with_generations` promises.
             let w = match self.locate(c, id) {
                 Ok(addr) => self.meta(addr),
                 Err(e) => {
