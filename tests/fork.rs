@@ -576,8 +576,10 @@ fn a_forked_child_neither_writes_nor_frees_a_loan_its_parent_holds() {
         }
     });
     assert_eq!(code, 0, "the child's loan calls were not ForkedProcess");
-    // Had the child freed the slot, `other` could be handed it now, and
-    // the parent's handle below would be stale.
+    // Had the child freed the slot, its word would say *cached* (into the
+    // child's copy of the thread cache), not *allocated*: the parent's
+    // handle below would be stale. `other` allocating the class
+    // meanwhile must not be handed the loan's slot either.
     let others: Vec<_> = (0..64).map(|_| other.alloc_bytes(4096).unwrap()).collect();
     let h = loan.into_handle();
     let mut back = [0u8; 4096];

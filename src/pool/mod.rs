@@ -149,9 +149,10 @@ impl ClassView {
     }
 
     /// Where slot `i` of extent `e` lives. The caller has checked that `i`
-    /// is below the extent's published (non-zero, Acquire-loaded) slot
-    /// count, which implies the view was checked and written: that makes
-    /// the address one [`Pool::meta`] may use.
+    /// is below the extent's slot count, loaded with Acquire (`locate_at`),
+    /// or below its count after loading `e < known` with Acquire
+    /// (`for_each_slot`): either way the view was checked and written, which
+    /// makes the address one [`Pool::meta`] may use.
     #[inline(always)]
     fn slot_addr(&self, e: usize, i: u32) -> SlotAddr {
         // `% MAX_EXTENTS` is a no-op for a checked `e`; it spares the hot
@@ -410,8 +411,8 @@ impl<M: Memory> Pool<M> {
     #[inline(always)]
     pub(crate) fn meta(&self, addr: SlotAddr) -> &AtomicU64 {
         // SAFETY: `addr` came from `locate` or, for a slot `locate` would
-        // accept (index below the extent's published, non-zero count, read
-        // with Acquire), from `slot_addr`. Either way its extent view was
+        // accept, from `slot_addr` (see its conditions: a count published
+        // with Release and seen with Acquire). Either way its extent view was
         // checked (`check_extent`) to lie inside `current_size`, which
         // `observe` made addressable before the view was published; the meta
         // array starts page aligned, so `addr.meta` is 8-aligned.

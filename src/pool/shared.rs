@@ -70,8 +70,9 @@ impl<M: Memory> Pool<M> {
     /// Moves up to `want` slots of class `c` into `out`, each now *cached* by
     /// `owner`: first from the free list, then from the fresh tail. After an
     /// error too, `out` holds only slots made cached by `owner` (the refill
-    /// keeps them), each once. Returns the class's extent count as seen under the lock: the `seen`
-    /// to pass to [`grow`](Pool::grow) when nothing could be taken.
+    /// keeps them), each once. Returns the class's extent count as seen
+    /// under the lock: the `seen` to pass to [`grow`](Pool::grow) when
+    /// nothing could be taken.
     ///
     /// Also pushes onto `generations` the generation of each slot's cached
     /// word, in the order of `out` (a thread cache remembers it, see
@@ -195,13 +196,15 @@ impl<M: Memory> Pool<M> {
         for n in first..out.len() {
             let id = out[n];
             // `locate` cannot refuse these (each is below `known` and its
-            // extent's count); if it ever did, `out` keeps only the slots
-            // claimed so far, as `take_with_generations` promises.
+            // extent's count). If it ever did: `out` keeps only the slots
+            // claimed so far, as `take_with_generations` promises, and the
+            // rest, fresh behind the cursor now, go on the free list the way
+            // a holder killed at `refill.fresh_claimed` leaves them.
             let w = match self.locate(c, id) {
                 Ok(addr) => self.meta(addr),
                 Err(e) => {
                     out.truncate(kept);
-                    return Err(e);
+                    return self.rebuild_list(c).and(Err(e));
                 }
             };
             // Only a zero word is fresh; anything else was written by a peer
